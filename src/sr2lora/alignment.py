@@ -1,0 +1,133 @@
+"""Class Gaussian statistics and classifier alignment (CA), shared by every method.
+
+After task t, each *new* class c gets μ_c and Σ_c = cov + shrink·I of its training features (test transform,
+current model); old classes' statistics are never recomputed. CA then re-trains all heads jointly on features
+sampled from N(μ_c, Σ_c): each epoch draws ``samples_factor × batch`` samples per seen class as μ + z Lᵀ with
+the cached Cholesky factor L, shuffles them and takes SGD steps on mini-batches of ``batch`` samples with loss
+mean softmax entropy + LogitNorm CE(τ); CosineAnnealingLR(T_max) stepped per epoch (the reference's schedule).
+The heads are trained as one concatenated (C × d) matrix, which is what the per-task heads compute together.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+import torch.nn.functional as F
+
+from .losses import logitnorm_cross_entropy, softmax_entropy
+
+
+class ClassGaussians:
+    """Per-class mean and Cholesky factor of the covariance, indexed by run label."""
+
+    def __init__(self, dim: int) -> None:
+        self.dim = dim
+        self.means: dict[int, torch.Tensor] = {}
+        self.chols: dict[int, torch.Tensor] = {}
+        self.counts: dict[int, int] = {}
+        self.fallback: list[int] = []  # classes that got the isotropic fallback covariance
+
+    def __len__(self) -> int:
+        return len(self.means)
+
+    @torch.no_grad()
+    def add_classes(
+        self,
+        features: torch.Tensor,
+        labels: torch.Tensor,
+        classes: list[int],
+        shrink: float = 0.01,
+        fallback_var: float = 1.0,
+    ) -> None:
+        """Compute μ_c and chol(cov_c + shrink·I) in float64 for each of ``classes`` from (features, labels)."""
+        features = features.double()
+        eye = torch.eye(self.dim, dtype=torch.float64, device=features.device)
+        for c in classes:
+            x = features[labels == c]
+            if len(x) == 0:
+                raise ValueError(f"class {c} has no training features; cannot compute its statistics")
+            mean = x.mean(0)
+            if len(x) < 2:
+                warnings.warn(
+                    f"class {c} has {len(x)} training sample(s): no covariance can be estimated, using the "
+                    f"isotropic fallback {fallback_var}·I (ca.fallback_var)",
+                    stacklevel=2,
+                )
+                cov = fallback_var * eye
+                self.fallback.append(int(c))
+            else:
+                cov = torch.cov(x.T) + shrink * eye
+            self.means[int(c)] = mean.float().cpu()
+            self.chols[int(c)] = torch.linalg.cholesky(cov).float().cpu()
+            self.counts[int(c)] = len(x)
+
+    def stacked(self, classes: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.stack([self.means[c] for c in classes]), torch.stack([self.chols[c] for c in classes])
+
+    def sample(self, classes: list[int], n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """``n`` samples of each class as μ + z Lᵀ, all classes in one batched matmul: (C·n, d), labels."""
+        mu, chol = self.stacked(classes)
+        z = torch.randn(len(classes), n, self.dim, generator=generator)
+        x = mu[:, None, :] + torch.bmm(z, chol.transpose(1, 2))
+        y = torch.tensor(classes).repeat_interleave(n)
+        return x.reshape(-1, self.dim), y
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        out = {}
+        for c in self.means:
+            out[f"mean.{c}"] = self.means[c]
+            out[f"chol.{c}"] = self.chols[c]
+            out[f"count.{c}"] = torch.tensor([self.counts[c]])
+        out["fallback"] = torch.tensor(self.fallback, dtype=torch.int64)
+        return out
+
+    def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        for k, v in tensors.items():
+            kind, _, c = k.partition(".")
+            if kind == "mean":
+                self.means[int(c)] = v.float()
+            elif kind == "chol":
+                self.chols[int(c)] = v.float()
+            elif kind == "count":
+                self.counts[int(c)] = int(v.item())
+        self.fallback = [int(c) for c in tensors.get("fallback", torch.zeros(0, dtype=torch.int64)).tolist()]
+
+
+def align_classifier(
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    gaussians: ClassGaussians,
+    num_classes: int,
+    *,
+    epochs: int = 20,
+    lr: float = 0.005,
+    momentum: float = 0.9,
+    weight_decay: float = 0.0,
+    batch_size: int = 128,
+    samples_factor: int = 5,
+    tau: float = 0.1,
+    t_max: int = 5,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Re-train the stacked heads (C × d, C) on samples of the class Gaussians; returns the new (weight, bias)."""
+    generator = generator or torch.Generator().manual_seed(0)
+    w = weight.detach().clone().float().cpu().requires_grad_(True)
+    b = bias.detach().clone().float().cpu().requires_grad_(True)
+    opt = torch.optim.SGD([w, b], lr=lr, momentum=momentum, weight_decay=weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=t_max)
+    classes = list(range(num_classes))
+    per_class = samples_factor * batch_size
+    for _ in range(epochs):
+        x, y = gaussians.sample(classes, per_class, generator)
+        perm = torch.randperm(len(y), generator=generator)
+        x, y = x[perm], y[perm]
+        for start in range(0, len(y), batch_size):
+            xb, yb = x[start : start + batch_size], y[start : start + batch_size]
+            logits = F.linear(xb, w, b)
+            loss = softmax_entropy(logits) + logitnorm_cross_entropy(logits, yb, tau)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        sched.step()
+    return w.detach(), b.detach()

@@ -1,0 +1,428 @@
+"""The task loop: train a task, fold its LoRA, class statistics, classifier alignment, evaluation, checkpoint.
+
+The engine never knows which method it runs: it asks the method for its trainable parameters, its extra loss
+and its hooks (see :mod:`sr2lora.methods.base`). All randomness of task t is seeded from (seed, t), so a run
+resumed from the checkpoint of task t−1 is identical to an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from . import __version__
+from .alignment import ClassGaussians, align_classifier
+from .checkpoint import clean_partial, load_checkpoint, save_checkpoint, write_json_atomic
+from .config import RunConfig, dump_config
+from .data import build_dataset
+from .data.base import DatasetBundle
+from .data.scenario import Scenario, TaskView, build_scenario, label_range_indices
+from .data.transforms import build_transforms, normalization, transform_spec
+from .losses import logitnorm_cross_entropy
+from .methods import TaskContext, create_method
+from .metrics import AccuracyTracker, task_accuracies
+from .models.backbone import CILModel, create_vit
+
+
+class TrainingError(RuntimeError):
+    """Training cannot continue (for example a non-finite loss); the message names the batch's files."""
+
+
+def task_seed(seed: int, task: int, salt: int = 0) -> int:
+    """A per-task seed, so each task's randomness does not depend on what ran before it."""
+    return (seed * 1_000_003 + task * 7_919 + salt * 104_729) % (2**31 - 1)
+
+
+def reference_lr(base_lr: float, epoch: int, epochs: int) -> float:
+    """The reference's per-epoch schedule lr·cos(99π·e / (200·(E−1))) (constant when E = 1)."""
+    if epochs <= 1:
+        return base_lr
+    return base_lr * math.cos(99 * math.pi * epoch / (200 * (epochs - 1)))
+
+
+def cosine_step_lr(base_lr: float, step: int, total: int, warmup: int) -> float:
+    """Per-step cosine decay to 0 with linear warm-up (``train.schedule=cosine-step``)."""
+    if warmup > 0 and step < warmup:
+        return base_lr * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return base_lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(keep, held-out) indices with ``fraction`` of each class held out (at least 1 when a class has ≥ 2)."""
+    rng = np.random.default_rng(seed)
+    keep, held = [], []
+    for c in np.unique(labels):
+        idx = np.nonzero(labels == c)[0]
+        idx = idx[rng.permutation(len(idx))]
+        n = int(round(fraction * len(idx)))
+        n = min(max(n, 1 if len(idx) >= 2 else 0), len(idx) - 1)
+        held.append(idx[:n])
+        keep.append(idx[n:])
+    return np.sort(np.concatenate(keep)), np.sort(np.concatenate(held))
+
+
+@dataclass
+class RunData:
+    """A built dataset seen through the run's scenario: run labels and which items train / evaluate."""
+
+    bundle: DatasetBundle
+    scenario: Scenario
+    train_labels: np.ndarray
+    eval_labels: np.ndarray
+    train_index: np.ndarray
+    eval_index: np.ndarray
+    eval_split: str  # "test" or "val"
+
+    @property
+    def eval_images(self):
+        return self.bundle.train if self.eval_split == "val" else self.bundle.test
+
+
+def prepare_data(cfg: RunConfig) -> RunData:
+    """Build the dataset and scenario; with ``data.val_fraction`` > 0, evaluate on a split carved from train."""
+    bundle = build_dataset(cfg.data)
+    scenario = build_scenario(bundle.num_classes, cfg.scenario, cfg.seed)
+    train_labels = scenario.remap(bundle.train.targets)
+    if cfg.data.val_fraction > 0:
+        train_index, eval_index = stratified_split(train_labels, cfg.data.val_fraction, cfg.data.split_seed)
+        return RunData(bundle, scenario, train_labels, train_labels, train_index, eval_index, "val")
+    test_labels = scenario.remap(bundle.test.targets)
+    return RunData(
+        bundle, scenario, train_labels, test_labels, np.arange(len(train_labels)), np.arange(len(test_labels)),
+        "test",
+    )
+
+
+def build_model(cfg: RunConfig, uses_lora: bool) -> CILModel:
+    """The frozen backbone named by ``model.backbone`` wrapped with LoRA (when the method uses it) and heads."""
+    m = cfg.model
+    vit = create_vit(m.backbone, m.pretrained, img_size=cfg.data.image_size, timm_kwargs=m.timm_kwargs)
+    return CILModel(vit, rank=m.rank, targets=m.lora_targets, use_lora=uses_lora)
+
+
+class Trainer:
+    """Runs one class-incremental experiment described by a :class:`RunConfig` into ``out_dir``."""
+
+    def __init__(self, cfg: RunConfig, out_dir: str | Path | None = None, progress: bool = True) -> None:
+        self.cfg = cfg
+        self.out_dir = Path(out_dir) if out_dir else None
+        self.progress = progress
+        self.device = resolve_device(cfg.train.device)
+        if cfg.train.threads > 0:
+            torch.set_num_threads(cfg.train.threads)
+        self.data = prepare_data(cfg)
+        self.scenario = self.data.scenario
+        self.method = create_method(cfg.method.name, cfg.method.options, cfg.method.weight)
+        torch.manual_seed(task_seed(cfg.seed, -1))
+        self.model = build_model(cfg, self.method.uses_lora).to(self.device)
+        mean_std = normalization(cfg.data.normalize, self._backbone_mean_std())
+        d = cfg.data
+        self.mean_std = mean_std
+        self.train_tf, self.test_tf = build_transforms(
+            d.image_size, d.train_scale, d.train_ratio, d.hflip, d.resize_ratio, mean_std
+        )
+        self.gaussians = ClassGaussians(self.model.embed_dim)
+        self.tracker = AccuracyTracker(self.scenario.num_tasks)
+        self.task_seconds: list[float] = []
+        self.start_task = 0
+        self.csv_rows: list[dict] = []
+
+    def _backbone_mean_std(self):
+        pc = getattr(self.model.vit, "pretrained_cfg", None) or {}
+        if "mean" in pc and "std" in pc:
+            return tuple(pc["mean"]), tuple(pc["std"])
+        return None
+
+    # ------------------------------------------------------------------ data
+    def _loader(self, images, labels, indices, transform, shuffle: bool, batch_size: int, seed: int) -> DataLoader:
+        view = TaskView(images, labels, indices, transform)
+        g = torch.Generator().manual_seed(seed)
+        return DataLoader(
+            view, batch_size=batch_size, shuffle=shuffle, generator=g, num_workers=self.cfg.data.num_workers,
+            drop_last=False, pin_memory=self.device.type == "cuda",
+            persistent_workers=False,
+        )
+
+    def _task_indices(self, labels: np.ndarray, base: np.ndarray, lo: int, hi: int) -> np.ndarray:
+        sel = label_range_indices(labels[base], lo, hi)
+        return base[sel]
+
+    # ------------------------------------------------------------------ one task
+    def _autocast(self):
+        return torch.autocast(
+            device_type=self.device.type, dtype=torch.bfloat16, enabled=self.cfg.train.precision == "bf16"
+        )
+
+    def _task_loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        if self.cfg.train.loss == "logitnorm":
+            return logitnorm_cross_entropy(logits, targets, self.cfg.train.logitnorm_tau)
+        return F.cross_entropy(logits.float(), targets)
+
+    def train_task(self, t: int) -> None:
+        cfg, sc, model, method = self.cfg, self.scenario, self.model, self.method
+        lo, hi = sc.offsets[t], sc.offsets[t + 1]
+        idx = self._task_indices(self.data.train_labels, self.data.train_index, lo, hi)
+        loader = self._loader(self.data.bundle.train, self.data.train_labels, idx, self.train_tf, True,
+                              cfg.train.batch_size, task_seed(cfg.seed, t, 1))
+        ctx = TaskContext(task=t, model=model, loader=loader, device=self.device, num_tasks=sc.num_tasks)
+        method.before_task(ctx)
+        params = [p for p in method.trainable_parameters(ctx) if p.requires_grad]
+        for p in model.parameters():
+            p.requires_grad_(False)
+        for p in params:
+            p.requires_grad_(True)
+        tc = cfg.train
+        if tc.optimizer == "adam":
+            opt = torch.optim.Adam(params, lr=tc.lr, betas=(0.9, 0.999), weight_decay=tc.weight_decay)
+        else:
+            opt = torch.optim.SGD(params, lr=tc.lr, momentum=0.9, weight_decay=tc.weight_decay)
+        use_old = method.needs_old and t > 0
+        total_steps = tc.epochs * len(loader)
+        step = 0
+        model.train()
+        for epoch in range(tc.epochs):
+            if tc.schedule == "reference":
+                lr = reference_lr(tc.lr, epoch, tc.epochs)
+            elif tc.schedule == "constant":
+                lr = tc.lr
+            sums = {"loss": 0.0, "ce": 0.0, "reg": 0.0}
+            seen = 0
+            bar = tqdm(loader, desc=f"task {t + 1}/{sc.num_tasks} epoch {epoch + 1}/{tc.epochs}",
+                       disable=not self.progress, leave=False, dynamic_ncols=True)
+            for x, y, item in bar:
+                if tc.schedule == "cosine-step":
+                    lr = cosine_step_lr(tc.lr, step, total_steps, tc.warmup_steps)
+                for g in opt.param_groups:
+                    g["lr"] = lr
+                x, y = x.to(self.device, non_blocking=True), y.to(self.device)
+                with self._autocast():
+                    new = model(x, tasks=t + 1 if method.uses_lora else 0, heads=t + 1,
+                                layers=method.needs_layers, logits=False)
+                    logits = model.heads.head_logits(new.feature, t)
+                    ce = self._task_loss(logits, y - lo)
+                    old = None
+                    if use_old:
+                        with torch.no_grad():
+                            old = model(x, tasks=t, layers=method.needs_layers, logits=False)
+                    reg = method.regularizer(new, old, ctx)
+                loss = ce if reg is None else ce + method.weight * reg
+                if not torch.isfinite(loss):
+                    files = [self.data.bundle.train.describe(int(i)) for i in item[:8]]
+                    raise TrainingError(
+                        f"non-finite loss ({loss.item()}) at task {t + 1}, epoch {epoch + 1}, step {step}: "
+                        f"ce={ce.item():.4g}, reg={None if reg is None else reg.item()}; first files of the "
+                        f"batch: {files}. Lower train.lr or method.weight, or check these images."
+                    )
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                step += 1
+                n = len(y)
+                seen += n
+                sums["loss"] += loss.item() * n
+                sums["ce"] += ce.item() * n
+                sums["reg"] += (0.0 if reg is None else reg.item()) * n
+                bar.set_postfix(loss=f"{sums['loss'] / seen:.3f}", ce=f"{sums['ce'] / seen:.3f}",
+                                reg=f"{sums['reg'] / seen:.3g}")
+            self.csv_rows.append({"task": t, "epoch": epoch, "lr": lr, "steps": step,
+                                  **{k: v / max(seen, 1) for k, v in sums.items()}})
+        for p in params:
+            p.requires_grad_(False)
+        model.eval()
+        model.fold()
+        method.after_task(ctx)
+
+    # ------------------------------------------------------------------ statistics, alignment, evaluation
+    @torch.no_grad()
+    def extract(self, images, labels, indices, tasks: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Final features (test transform) and run labels of ``images[indices]`` with ``tasks`` branches."""
+        loader = self._loader(images, labels, indices, self.test_tf, False, self.cfg.train.eval_batch_size, 0)
+        feats, ys = [], []
+        self.model.eval()
+        for x, y, _ in tqdm(loader, desc="features", disable=not self.progress, leave=False):
+            with self._autocast():
+                out = self.model(x.to(self.device), tasks=tasks, logits=False)
+            feats.append(out.feature.float().cpu())
+            ys.append(y)
+        return torch.cat(feats), torch.cat(ys)
+
+    def _lora_tasks(self, t: int) -> int:
+        return t + 1 if self.method.uses_lora else 0
+
+    def compute_statistics(self, t: int) -> None:
+        lo, hi = self.scenario.offsets[t], self.scenario.offsets[t + 1]
+        idx = self._task_indices(self.data.train_labels, self.data.train_index, lo, hi)
+        feats, ys = self.extract(self.data.bundle.train, self.data.train_labels, idx, self._lora_tasks(t))
+        self.gaussians.add_classes(feats, ys, list(range(lo, hi)), self.cfg.ca.cov_shrink, self.cfg.ca.fallback_var)
+
+    def align(self, t: int) -> None:
+        ca = self.cfg.ca
+        if not ca.enabled or ca.epochs == 0 or t == 0:
+            return
+        heads = self.model.heads
+        w, b = heads.concatenated(t + 1)
+        g = torch.Generator().manual_seed(task_seed(self.cfg.seed, t, 2))
+        w2, b2 = align_classifier(
+            w, b, self.gaussians, self.scenario.seen_classes(t), epochs=ca.epochs, lr=ca.lr, momentum=ca.momentum,
+            weight_decay=self.cfg.train.weight_decay, batch_size=ca.batch_size or self.cfg.train.batch_size,
+            samples_factor=ca.samples_factor, tau=ca.tau, t_max=ca.t_max, generator=g,
+        )
+        heads.load_concatenated(w2.to(w.device), b2.to(b.device))
+
+    @torch.no_grad()
+    def predict_eval(self, t: int) -> tuple[np.ndarray, np.ndarray]:
+        """(predicted run labels, true run labels) on the evaluation items of classes seen after task t."""
+        idx = self._task_indices(self.data.eval_labels, self.data.eval_index, 0, self.scenario.seen_classes(t))
+        loader = self._loader(self.data.eval_images, self.data.eval_labels, idx, self.test_tf, False,
+                              self.cfg.train.eval_batch_size, 0)
+        preds, ys = [], []
+        self.model.eval()
+        for x, y, _ in tqdm(loader, desc="evaluate", disable=not self.progress, leave=False):
+            with self._autocast():
+                out = self.model(x.to(self.device), tasks=self._lora_tasks(t), heads=t + 1)
+            preds.append(out.logits.float().argmax(-1).cpu())
+            ys.append(y)
+        return torch.cat(preds).numpy(), torch.cat(ys).numpy()
+
+    def evaluate(self, t: int) -> None:
+        pred, y = self.predict_eval(t)
+        row, overall, counts = task_accuracies(pred == y, self.scenario.task_of_labels(y), t + 1)
+        self.tracker.add(row, overall, counts)
+
+    # ------------------------------------------------------------------ checkpoint / resume
+    def _state(self, t: int) -> dict[str, Any]:
+        return {
+            "task": t,
+            "num_tasks": self.scenario.num_tasks,
+            "method": self.cfg.method.name,
+            "matrix": self.tracker.matrix,
+            "curve": self.tracker.curve,
+            "counts": self.tracker.counts,
+            "task_seconds": self.task_seconds,
+            "csv_rows": self.csv_rows,
+        }
+
+    def save(self, t: int) -> None:
+        if self.out_dir is None:
+            return
+        model = {k: v for k, v in self.model.state_dict().items() if not k.startswith("vit.") or ".A." in k
+                 or ".B." in k}
+        save_checkpoint(
+            self.out_dir,
+            {"model": model, "stats": self.gaussians.state_tensors(), "method": self.method.state_tensors()},
+            self._state(t),
+        )
+
+    def restore(self) -> int:
+        """Load the last complete task's checkpoint; returns the next task to train (0 when none)."""
+        if self.out_dir is None:
+            return 0
+        clean_partial(self.out_dir)
+        loaded = load_checkpoint(self.out_dir)
+        if loaded is None:
+            return 0
+        groups, state = loaded
+        t = int(state["task"])
+        for s in range(t + 1):
+            self.model.add_task(self.scenario.task_size(s))
+        missing, unexpected = self.model.load_state_dict(groups["model"], strict=False)
+        bad = [k for k in missing if not k.startswith("vit.") or ".A." in k or ".B." in k] + list(unexpected)
+        if bad:
+            raise RuntimeError(f"checkpoint does not match the model: {bad[:5]}")
+        self.model.to(self.device)
+        self.model.fold()
+        self.gaussians.load_state_tensors(groups.get("stats", {}))
+        self.method.load_state_tensors(groups.get("method", {}))
+        self.tracker.matrix = state["matrix"]
+        self.tracker.curve = state["curve"]
+        self.tracker.counts = state["counts"]
+        self.task_seconds = state["task_seconds"]
+        self.csv_rows = state.get("csv_rows", [])
+        return t + 1
+
+    # ------------------------------------------------------------------ the run
+    def run(self, resume: bool = False) -> dict[str, Any]:
+        """Train every task (from the checkpoint when resuming) and return the results dict."""
+        if self.out_dir is not None:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            if not resume:
+                dump_config(self.cfg, self.out_dir / "config.yaml")
+        self.start_task = self.restore() if resume else 0
+        sc = self.scenario
+        for t in range(self.start_task, sc.num_tasks):
+            t0 = time.perf_counter()
+            torch.manual_seed(task_seed(self.cfg.seed, t))
+            self.model.add_task(sc.task_size(t))
+            self.model.to(self.device)
+            self.train_task(t)
+            self.compute_statistics(t)
+            self.align(t)
+            self.evaluate(t)
+            self.task_seconds.append(time.perf_counter() - t0)
+            if self.progress:
+                row = ", ".join(f"{v:.1f}" for v in self.tracker.matrix[-1][: t + 1])
+                tqdm.write(f"task {t + 1}/{sc.num_tasks}: accuracy on seen classes {self.tracker.curve[-1]:.2f}% "
+                           f"(per task: {row}) in {self.task_seconds[-1]:.1f}s")
+            self.save(t)
+            self._write_csv()
+        results = self.results()
+        if self.out_dir is not None:
+            write_json_atomic(self.out_dir / "results.json", results)
+        return results
+
+    def _write_csv(self) -> None:
+        if self.out_dir is None or not self.csv_rows:
+            return
+        path = self.out_dir / "metrics.csv"
+        tmp = path.with_suffix(".csv.tmp")
+        with open(tmp, "w", newline="", encoding="utf-8") as fh:
+            w = csv.DictWriter(fh, fieldnames=list(self.csv_rows[0]))
+            w.writeheader()
+            w.writerows(self.csv_rows)
+        os.replace(tmp, path)
+
+    def results(self) -> dict[str, Any]:
+        sc, bundle = self.scenario, self.data.bundle
+        summary = self.tracker.summary()
+        names = [bundle.class_names[c] for c in sc.class_order]
+        return {
+            "method": self.cfg.method.name,
+            "preset": self.cfg.preset,
+            "seed": self.cfg.seed,
+            "dataset": self.cfg.data.dataset,
+            "backbone": self.cfg.model.backbone,
+            "num_tasks": sc.num_tasks,
+            "eval_split": self.data.eval_split,
+            "accuracy_matrix": self.tracker.matrix,
+            "acc_curve": self.tracker.curve,
+            **summary,
+            "task_test_counts": self.tracker.counts,
+            "class_order": sc.class_order,
+            "class_names": names,
+            "task_offsets": sc.offsets,
+            "seconds": float(sum(self.task_seconds)),
+            "task_seconds": self.task_seconds,
+            "transform": transform_spec(self.cfg.data.image_size, self.cfg.data.resize_ratio, self.mean_std),
+            "dataset_info": bundle.info,
+            "fallback_classes": self.gaussians.fallback,
+            "versions": {"sr2lora": __version__, "torch": torch.__version__, "python": platform.python_version()},
+        }

@@ -1,0 +1,187 @@
+"""The Method interface and registry: what makes one continual-learning method different from another.
+
+The engine owns the training loop; a method only says (a) whether it uses LoRA and the previous model's
+features, (b) its extra loss on each current-task batch, and (c) what to do before/after a task. Each method is
+one small file that subclasses :class:`Method`, declares its options as a dataclass ``Options`` (exposed on the
+command line as ``method.<field>=...``) and registers itself with :func:`register_method`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+import torch
+
+if TYPE_CHECKING:
+    from ..models.backbone import CILModel, ForwardOut
+
+
+@dataclass
+class NoOptions:
+    """A method without options of its own."""
+
+
+@dataclass
+class TaskContext:
+    """What a hook may look at: the task index, the model, the task's train loader and the device."""
+
+    task: int
+    model: CILModel
+    loader: Any = None
+    device: torch.device | None = None
+    num_tasks: int = 0
+
+
+class Method:
+    """Base class. Subclasses set ``name`` and may override the hooks; the defaults are plain per-task LoRA."""
+
+    name: ClassVar[str] = ""
+    summary: ClassVar[str] = ""
+    Options: ClassVar[type] = NoOptions
+    uses_lora: ClassVar[bool] = True  # False: frozen backbone, heads only
+    needs_old: ClassVar[bool] = False  # True: the engine runs the previous model on each batch (no grad)
+    needs_layers: ClassVar[bool] = False  # True: per-layer [CLS] features are needed (new and old)
+
+    def __init__(self, options: Any, weight: float = 1.0) -> None:
+        self.options = options
+        self.weight = weight
+
+    # ---- hooks (Avalanche-style) -------------------------------------------------------------
+    def before_task(self, ctx: TaskContext) -> None:
+        """Called after the task's LoRA pair and head exist, before its optimiser is built."""
+
+    def trainable_parameters(self, ctx: TaskContext) -> list[torch.nn.Parameter]:
+        """Parameters the task's optimiser updates (default: task t's LoRA factors and head)."""
+        if self.uses_lora:
+            return ctx.model.task_parameters(ctx.task)
+        return list(ctx.model.heads[ctx.task].parameters())
+
+    def regularizer(self, new: ForwardOut, old: ForwardOut | None, ctx: TaskContext) -> torch.Tensor | None:
+        """The extra loss on a current-task batch (multiplied by ``method.weight``), or None."""
+        return None
+
+    def after_task(self, ctx: TaskContext) -> None:
+        """Called after the task's training (LoRA folded), before statistics and classifier alignment."""
+
+    # ---- state carried across tasks (checkpointed) ------------------------------------------
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        return {}
+
+    def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        return None
+
+
+_METHODS: dict[str, type[Method]] = {}
+
+
+def register_method(cls: type[Method]) -> type[Method]:
+    """Class decorator: make ``cls`` available as ``method.name=<cls.name>``."""
+    if not cls.name or cls.name in _METHODS:
+        raise ValueError(f"method name {cls.name!r} missing or registered twice")
+    if not dataclasses.is_dataclass(cls.Options):
+        raise TypeError(f"{cls.__name__}.Options must be a dataclass")
+    _METHODS[cls.name] = cls
+    return cls
+
+
+def method_names() -> list[str]:
+    return sorted(_METHODS)
+
+
+def get_method_class(name: str) -> type[Method]:
+    from ..config import ConfigError
+
+    if name not in _METHODS:
+        import difflib
+
+        hint = difflib.get_close_matches(name, method_names(), n=1)
+        extra = f"; did you mean {hint[0]}?" if hint else ""
+        raise ConfigError(f"method.name: unknown method {name!r}{extra} (choose one of {', '.join(method_names())})")
+    return _METHODS[name]
+
+
+def create_method(name: str, options: dict[str, Any], weight: float) -> Method:
+    cls = get_method_class(name)
+    return cls(cls.Options(**options), weight)
+
+
+# ---------------------------------------------------------------- layer selection (ablation)
+
+
+def select_layers(spec: Any, num_layers: int, seed: int = 0) -> list[int]:
+    """Which blocks (0-based) enter the relation: ``all``, ``first:k``, ``last:k``, ``random:k`` or a list."""
+    from ..config import ConfigError
+
+    if spec == "all":
+        return list(range(num_layers))
+    if isinstance(spec, list):
+        idx = [int(i) for i in spec]
+        if not idx or any(not 0 <= i < num_layers for i in idx) or len(set(idx)) != len(idx):
+            raise ConfigError(f"method.layers: expected distinct block indices in 0..{num_layers - 1}, got {spec}")
+        return sorted(idx)
+    if isinstance(spec, str) and ":" in spec:
+        kind, _, k_str = spec.partition(":")
+        try:
+            k = int(k_str)
+        except ValueError:
+            k = -1
+        if kind in ("first", "last", "random") and 1 <= k <= num_layers:
+            if kind == "first":
+                return list(range(k))
+            if kind == "last":
+                return list(range(num_layers - k, num_layers))
+            rng = np.random.default_rng(seed)
+            return sorted(int(i) for i in rng.choice(num_layers, size=k, replace=False))
+    raise ConfigError(
+        f"method.layers: expected all, first:k, last:k, random:k (1 <= k <= {num_layers}) or a list of block "
+        f"indices, got {spec!r}"
+    )
+
+
+@dataclass
+class RelationOptions:
+    """Options shared by the relation/feature regularisers."""
+
+    layers: Any = "all"  # all | first:k | last:k | random:k | [i, j, ...] (0-based blocks)
+    layers_seed: int = 0  # seed of random:k
+    relation_norm: str = "none"  # none (reference) | l2 | trace
+    beta: float = 1.0  # smooth-L1 β
+
+
+class LayerRegularizer(Method):
+    """A method whose loss compares the new and the previous model's per-layer [CLS] features."""
+
+    Options: ClassVar[type] = RelationOptions
+    needs_old: ClassVar[bool] = True
+    needs_layers: ClassVar[bool] = True
+
+    def __init__(self, options: Any, weight: float = 1.0) -> None:
+        super().__init__(options, weight)
+        from ..config import ConfigError
+        from ..losses import RELATION_NORMS
+
+        norm = getattr(options, "relation_norm", "none")
+        if norm not in RELATION_NORMS:
+            raise ConfigError(f"method.relation_norm: expected one of {', '.join(RELATION_NORMS)}, got {norm!r}")
+        self.layer_index: list[int] | None = None
+        self.last_shapes: tuple[torch.Size, torch.Size] | None = None  # (new, old) shapes fed to the loss
+
+    def selected(self, h: torch.Tensor) -> torch.Tensor:
+        if self.layer_index is None:
+            self.layer_index = select_layers(self.options.layers, h.shape[1], self.options.layers_seed)
+        if len(self.layer_index) == h.shape[1]:
+            return h
+        return h[:, self.layer_index]
+
+    def regularizer(self, new: ForwardOut, old: ForwardOut | None, ctx: TaskContext) -> torch.Tensor | None:
+        if old is None:
+            return None
+        hn, ho = self.selected(new.layers), self.selected(old.layers)
+        self.last_shapes = (hn.shape, ho.shape)
+        return self.layer_loss(hn, ho)
+
+    def layer_loss(self, new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError

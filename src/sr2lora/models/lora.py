@@ -1,0 +1,114 @@
+"""Per-task LoRA on a fused qkv Linear, with past tasks folded into one fixed weight.
+
+timm fuses q, k, v into one ``qkv`` Linear (out = 3·d). Task s owns, for each adapted target k ∈ {q, k, v},
+a pair A_{s,k} (r×d, Kaiming-uniform a=√5) and B_{s,k} (d×r, zeros); the effective weight of target k with tasks
+0..n−1 active is W_k + Σ_{s<n} B_{s,k} A_{s,k} (no α/r scaling, no dropout: METHOD.md).
+
+Past branches are frozen, so their sum is folded into ``folded_weight`` = W + Σ_{s<n_folded} B_s A_s (recomputed
+from W and the factors, not accumulated, so no drift). A forward with ``active`` tasks uses:
+- the folded weight plus the low-rank path of the branches not yet folded (the fast path: while task t trains,
+  ``active = t+1`` is folded weight + branch t, and the previous model ``active = t`` is the folded weight alone);
+- or, when fewer tasks are active than are folded (analysis of an older model) or folding is disabled,
+  the pre-trained W plus every active branch's low-rank path (the reference's way, kept for tests/benchmarks).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+TARGET_INDEX = {"q": 0, "k": 1, "v": 2}
+
+
+class LoRAQKV(nn.Module):
+    """A frozen fused qkv Linear plus per-task low-rank updates on a subset of q, k, v."""
+
+    def __init__(self, base: nn.Linear, targets: Sequence[str] = ("k", "v"), rank: int = 10) -> None:
+        super().__init__()
+        if base.out_features % 3 != 0:
+            raise ValueError(f"qkv Linear must have 3·d outputs, got {base.out_features}")
+        self.base = base
+        for p in self.base.parameters():
+            p.requires_grad_(False)
+        self.in_features = base.in_features
+        self.head_out = base.out_features // 3
+        self.targets = sorted(targets, key=TARGET_INDEX.__getitem__)
+        self.target_index = [TARGET_INDEX[t] for t in self.targets]
+        self.rank = rank
+        self.A = nn.ParameterList()  # per task: (n_targets, r, d_in)
+        self.B = nn.ParameterList()  # per task: (n_targets, d_out, r)
+        self.register_buffer("folded_weight", base.weight.detach().clone(), persistent=False)
+        self.n_folded = 0
+        self.active = 0  # number of task branches used by forward (set through the model)
+        self.fold_enabled = True
+
+    @property
+    def num_tasks(self) -> int:
+        return len(self.A)
+
+    def add_task(self) -> None:
+        """Append a new (A, B) pair: A Kaiming-uniform(a=√5) like nn.Linear, B zeros, so the update starts at 0."""
+        w = self.base.weight
+        a = torch.empty(len(self.targets), self.rank, self.in_features, device=w.device, dtype=w.dtype)
+        for k in range(len(self.targets)):
+            nn.init.kaiming_uniform_(a[k], a=math.sqrt(5))
+        b = torch.zeros(len(self.targets), self.head_out, self.rank, device=w.device, dtype=w.dtype)
+        self.A.append(nn.Parameter(a))
+        self.B.append(nn.Parameter(b))
+
+    def task_delta(self, s: int) -> torch.Tensor:
+        """B_s A_s for each target, scattered into a (3·d_out, d_in) matrix (zeros on untargeted rows)."""
+        delta = torch.zeros_like(self.base.weight)
+        d3 = delta.view(3, self.head_out, self.in_features)
+        prod = torch.bmm(self.B[s], self.A[s])  # (n_targets, d_out, d_in)
+        for k, i in enumerate(self.target_index):
+            d3[i] += prod[k]
+        return delta
+
+    @torch.no_grad()
+    def fold(self, upto: int | None = None) -> None:
+        """Fold branches 0..upto−1 (default: all) into ``folded_weight``, recomputed from W and the factors."""
+        upto = self.num_tasks if upto is None else upto
+        w = self.base.weight.detach().to(torch.float64).clone()
+        for s in range(upto):
+            w += self.task_delta(s).detach().to(torch.float64)
+        self.folded_weight.copy_(w.to(self.folded_weight.dtype))
+        self.n_folded = upto
+
+    def _branch(self, x: torch.Tensor, s: int) -> torch.Tensor:
+        """Low-rank output of branch s for each target: (..., n_targets, d_out)."""
+        a = self.A[s]
+        z = F.linear(x, a.reshape(-1, self.in_features).to(x.dtype))  # (..., n_targets*r)
+        z = z.unflatten(-1, (len(self.targets), self.rank))
+        return torch.einsum("...kr,kdr->...kd", z, self.B[s].to(x.dtype))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = self.active
+        if self.fold_enabled and self.n_folded <= n:
+            weight, first = self.folded_weight, self.n_folded
+        else:
+            weight, first = self.base.weight, 0
+        y = F.linear(x, weight.to(x.dtype) if weight.dtype != x.dtype else weight,
+                     None if self.base.bias is None else self.base.bias.to(x.dtype))
+        if first >= n:
+            return y
+        delta = self._branch(x, first)
+        for s in range(first + 1, n):
+            delta = delta + self._branch(x, s)
+        y3 = y.unflatten(-1, (3, self.head_out))
+        if self.target_index == list(range(self.target_index[0], self.target_index[-1] + 1)):
+            lo, hi = self.target_index[0], self.target_index[-1] + 1
+            y3 = torch.cat([y3[..., :lo, :], y3[..., lo:hi, :] + delta, y3[..., hi:, :]], dim=-2)
+        else:  # e.g. q and v: add each target's delta to its slice
+            parts = [y3[..., i, :] for i in range(3)]
+            for k, i in enumerate(self.target_index):
+                parts[i] = parts[i] + delta[..., k, :]
+            y3 = torch.stack(parts, dim=-2)
+        return y3.flatten(-2)
+
+    def extra_repr(self) -> str:
+        return f"targets={self.targets}, rank={self.rank}, tasks={self.num_tasks}, folded={self.n_folded}"
