@@ -11,6 +11,7 @@ The heads are trained as one concatenated (C × d) matrix, which is what the per
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -39,8 +40,12 @@ class ClassGaussians:
         classes: list[int],
         shrink: float = 0.01,
         fallback_var: float = 1.0,
+        class_names: Sequence[str] | None = None,
     ) -> None:
-        """Compute μ_c and chol(cov_c + shrink·I) in float64 for each of ``classes`` from (features, labels)."""
+        """Compute μ_c and chol(cov_c + shrink·I) in float64 for each of ``classes`` from (features, labels).
+
+        ``class_names[c]`` (indexed by label) names a class in the warning about a too-small class.
+        """
         features = features.double()
         eye = torch.eye(self.dim, dtype=torch.float64, device=features.device)
         for c in classes:
@@ -49,8 +54,9 @@ class ClassGaussians:
                 raise ValueError(f"class {c} has no training features; cannot compute its statistics")
             mean = x.mean(0)
             if len(x) < 2:
+                name = f" ({class_names[c]!r})" if class_names is not None and c < len(class_names) else ""
                 warnings.warn(
-                    f"class {c} has {len(x)} training sample(s): no covariance can be estimated, using the "
+                    f"class {c}{name} has {len(x)} training sample(s): no covariance can be estimated, using the "
                     f"isotropic fallback {fallback_var}·I (ca.fallback_var)",
                     stacklevel=2,
                 )

@@ -3,21 +3,45 @@
 Layout of a run folder::
 
     RUN/config.yaml          resolved config (written before training)
-    RUN/checkpoint/          the last complete task: model.safetensors, stats.safetensors,
-                             method.safetensors, state.json (task index, metrics so far)
+    RUN/checkpoint/          the last complete task:
+        model.safetensors    LoRA factors (A, B) of every task so far and every task's head
+        stats.safetensors    class statistics for classifier alignment (mean, Cholesky factor, count)
+        method.safetensors   the method's own state carried across tasks (may be empty)
+        state.json           scenario position (task index, num_tasks, class order, task offsets), the
+                             metrics so far (accuracy matrix, curve, counts, per-epoch rows, task times) and
+                             the sha256 of RUN/config.yaml
     RUN/results.json         written when the run finishes
 
+Nothing is pickled: loading uses ``safetensors.torch.load_file`` and ``json``, which cannot run code, so a
+crafted file is refused as "not a valid safetensors file" rather than executed.
+
 A checkpoint is written into ``checkpoint.tmp-*`` (files fsynced), then swapped in with ``os.replace``; the
-folder that ``state.json`` sits in is therefore always complete. A crash mid-write leaves only a temp folder,
-which the next resume removes.
+folder that ``state.json`` sits in is therefore always complete. A crash mid-write leaves only a temp folder
+(or, between the two renames, the previous checkpoint as ``checkpoint.old-*``), which the next resume removes
+(or puts back). A failed write (disk full, permissions) raises :class:`CheckpointError` and removes the temp
+folder; the previous checkpoint stays as it was.
+
+Resume refuses a run whose ``config.yaml`` no longer has the sha256 recorded in ``state.json``.
+
+Random state is not saved, by design: all randomness of task t (LoRA initialisation, data order and
+augmentation, classifier-alignment sampling) is seeded from (seed, t) at the start of the task
+(:func:`sr2lora.engine.task_seed`), so resuming from the checkpoint of task t−1 reproduces an uninterrupted
+run exactly (tested with runs killed mid-task and mid-checkpoint).
+
+Test hook: with ``SR2LORA_TEST_PAUSE_IN_CHECKPOINT=<seconds>`` in the environment, :func:`save_checkpoint`
+sleeps that long after the temp folder is complete and before the swap, so a test can kill the process
+mid-write. It changes nothing else and is unset in normal use.
 """
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +49,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 CKPT_DIR = "checkpoint"
+PAUSE_ENV = "SR2LORA_TEST_PAUSE_IN_CHECKPOINT"
+STATE_KEYS = ("task", "matrix", "curve", "counts", "task_seconds")  # what a resume needs from state.json
+# Errors of a write that fails for lack of room or rights: reported as a CheckpointError, not a traceback.
+WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.EFBIG})
 
 
 class CheckpointError(RuntimeError):
@@ -75,6 +103,9 @@ def save_checkpoint(run_dir: Path, tensors: dict[str, dict[str, torch.Tensor]], 
                 os.fsync(fh.fileno())
         write_json_atomic(tmp / "state.json", state)
         _fsync_dir(tmp)
+        pause = os.environ.get(PAUSE_ENV)
+        if pause:  # test-only hook (see the module docstring)
+            time.sleep(float(pause))
         final = run_dir / CKPT_DIR
         old = None
         if final.exists():
@@ -85,8 +116,14 @@ def save_checkpoint(run_dir: Path, tensors: dict[str, dict[str, torch.Tensor]], 
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
         return final
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, OSError) and exc.errno in WRITE_ERRNOS:
+            kept = "the previous checkpoint is intact" if (run_dir / CKPT_DIR).exists() else "no checkpoint yet"
+            raise CheckpointError(
+                f"cannot write the checkpoint into {run_dir}: {exc.strerror} ({exc.filename or run_dir}); "
+                f"{kept}. Free space or fix permissions, then continue with `sr2lora run --resume {run_dir}`"
+            ) from exc
         raise
 
 
@@ -108,11 +145,16 @@ def load_checkpoint(run_dir: Path) -> tuple[dict[str, dict[str, torch.Tensor]], 
     ckpt = Path(run_dir) / CKPT_DIR
     state_file = ckpt / "state.json"
     if not state_file.exists():
+        if ckpt.is_dir() and any(ckpt.iterdir()):  # the atomic swap never leaves this: files were removed
+            raise CheckpointError(f"{ckpt}: incomplete checkpoint (no state.json); the run folder was altered")
         return None
     try:
         state = json.loads(state_file.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
         raise CheckpointError(f"{state_file}: unreadable checkpoint state ({exc})") from exc
+    missing = [k for k in STATE_KEYS if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise CheckpointError(f"{state_file}: not a sr2lora checkpoint state (lacks {', '.join(missing)})")
     groups: dict[str, dict[str, torch.Tensor]] = {}
     for f in sorted(ckpt.glob("*.safetensors")):
         try:
@@ -122,3 +164,40 @@ def load_checkpoint(run_dir: Path) -> tuple[dict[str, dict[str, torch.Tensor]], 
         group.pop("_empty", None)
         groups[f.stem] = group
     return groups, state
+
+
+def file_sha256(path: Path) -> str:
+    """Hex sha256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def check_config_unchanged(run_dir: Path, state: dict[str, Any] | None = None) -> None:
+    """Raise CheckpointError if ``run_dir/config.yaml`` differs from the one the checkpoint was written with.
+
+    ``state`` defaults to the checkpoint's ``state.json``; no checkpoint or no recorded hash: nothing to check.
+    """
+    run_dir = Path(run_dir)
+    if state is None:
+        state_file = run_dir / CKPT_DIR / "state.json"
+        if not state_file.is_file():
+            return
+        try:
+            state = json.loads(state_file.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise CheckpointError(f"{state_file}: unreadable checkpoint state ({exc})") from exc
+    expected = state.get("config_sha256") if isinstance(state, dict) else None
+    if not expected:
+        return
+    cfg_file = run_dir / "config.yaml"
+    actual = file_sha256(cfg_file) if cfg_file.is_file() else None
+    if actual != expected:
+        raise CheckpointError(
+            f"{cfg_file} was changed after the checkpoint was written (sha256 {str(actual)[:12]}… != recorded "
+            f"{expected[:12]}…); resuming would mix two experiments. Restore the file, or start a new run with "
+            f"`sr2lora run --preset {cfg_file} --out NEW_DIR`. Only where it runs may change on resume, as "
+            f"overrides (e.g. train.device=cpu data.root=...)"
+        )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -110,6 +111,15 @@ class CAConfig:
 
 
 @dataclass
+class AnalysisConfig:
+    """Drift analysis during training (sr2lora.analysis): RUN/drift.json after every task; off by default."""
+
+    enabled: bool = False
+    samples_per_task: int = 64  # held-out evaluation items per task (seeded, fixed for the whole run)
+    seed: int = 0  # seed of that sample
+
+
+@dataclass
 class RunConfig:
     """Everything that defines one run."""
 
@@ -120,6 +130,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     method: MethodConfig = field(default_factory=MethodConfig)
     ca: CAConfig = field(default_factory=CAConfig)
+    analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
     preset: str | None = None  # the preset this config came from (informational)
     description: str = ""
 
@@ -142,7 +153,13 @@ def preset_dir() -> Path:
 
 
 def preset_names() -> list[str]:
-    return sorted(p.stem for p in preset_dir().glob("*.yaml"))
+    """Shipped preset names (files starting with `_` are shared bases), numbers sorted numerically."""
+    import re
+
+    def key(name: str) -> list:
+        return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+
+    return sorted((p.stem for p in preset_dir().glob("*.yaml") if not p.stem.startswith("_")), key=key)
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -265,8 +282,15 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             raise ConfigError(f"{key}: expected an integer, got {value!r}")
         return value
     if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads exponents without a dot (5e-4) as strings
+            try:
+                value = float(value)
+            except ValueError:
+                raise ConfigError(f"{key}: expected a number, got {value!r}") from None
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{key}: expected a finite number, got {value!r}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
@@ -385,6 +409,8 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"data.test_fraction: expected 0 < x < 1, got {d.test_fraction}")
     if cfg.ca.epochs < 0:
         raise ConfigError(f"ca.epochs: must be >= 0, got {cfg.ca.epochs}")
+    if cfg.analysis.samples_per_task <= 0:
+        raise ConfigError(f"analysis.samples_per_task: must be positive, got {cfg.analysis.samples_per_task}")
 
 
 def dump_config(cfg: RunConfig, path: Path) -> None:

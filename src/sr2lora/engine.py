@@ -12,7 +12,9 @@ import math
 import os
 import platform
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,16 +26,27 @@ from tqdm import tqdm
 
 from . import __version__
 from .alignment import ClassGaussians, align_classifier
-from .checkpoint import clean_partial, load_checkpoint, save_checkpoint, write_json_atomic
+from .checkpoint import (
+    CheckpointError,
+    check_config_unchanged,
+    clean_partial,
+    file_sha256,
+    load_checkpoint,
+    save_checkpoint,
+    write_json_atomic,
+)
 from .config import RunConfig, dump_config
 from .data import build_dataset
 from .data.base import DatasetBundle
+from .data.integrity import drop_unreadable
 from .data.scenario import Scenario, TaskView, build_scenario, label_range_indices
 from .data.transforms import build_transforms, normalization, transform_spec
 from .losses import logitnorm_cross_entropy
-from .methods import TaskContext, create_method
+from .methods import Method, TaskContext, create_method
 from .metrics import AccuracyTracker, task_accuracies
 from .models.backbone import CILModel, create_vit
+from .preflight import preflight
+from .signals import check_interrupt
 
 
 class TrainingError(RuntimeError):
@@ -91,6 +104,7 @@ class RunData:
     train_index: np.ndarray
     eval_index: np.ndarray
     eval_split: str  # "test" or "val"
+    skipped_files: list[str] = field(default_factory=list)  # unreadable files dropped (data.skip_bad)
 
     @property
     def eval_images(self):
@@ -101,14 +115,15 @@ def prepare_data(cfg: RunConfig) -> RunData:
     """Build the dataset and scenario; with ``data.val_fraction`` > 0, evaluate on a split carved from train."""
     bundle = build_dataset(cfg.data)
     scenario = build_scenario(bundle.num_classes, cfg.scenario, cfg.seed)
+    bundle, skipped = drop_unreadable(bundle, cfg.data.skip_bad)  # every file opened once, before the model
     train_labels = scenario.remap(bundle.train.targets)
     if cfg.data.val_fraction > 0:
         train_index, eval_index = stratified_split(train_labels, cfg.data.val_fraction, cfg.data.split_seed)
-        return RunData(bundle, scenario, train_labels, train_labels, train_index, eval_index, "val")
+        return RunData(bundle, scenario, train_labels, train_labels, train_index, eval_index, "val", skipped)
     test_labels = scenario.remap(bundle.test.targets)
     return RunData(
         bundle, scenario, train_labels, test_labels, np.arange(len(train_labels)), np.arange(len(test_labels)),
-        "test",
+        "test", skipped,
     )
 
 
@@ -117,6 +132,51 @@ def build_model(cfg: RunConfig, uses_lora: bool) -> CILModel:
     m = cfg.model
     vit = create_vit(m.backbone, m.pretrained, img_size=cfg.data.image_size, timm_kwargs=m.timm_kwargs)
     return CILModel(vit, rank=m.rank, targets=m.lora_targets, use_lora=uses_lora)
+
+
+def training_step(
+    model: CILModel,
+    method: Method,
+    ctx: TaskContext,
+    opt: torch.optim.Optimizer,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    offset: int,
+    *,
+    task_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    autocast: Callable[[], AbstractContextManager] | None = None,
+    check: Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], None] | None = None,
+    grad_sync: Callable[[], None] | None = None,
+    old_grad: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """One optimisation step of task ``ctx.task`` on (x, y): the step training runs (and the benchmarks time).
+
+    Forward of the current model (branches 0..t) and, when the method needs it, of the previous model
+    (branches 0..t−1, no autograd), the task-local loss plus ``method.weight`` × the method's regulariser,
+    ``check(loss, ce, reg)`` (may raise), backward, ``grad_sync()`` (the distributed all-reduce), optimiser step.
+    ``old_grad=True`` builds the previous model's autograd graph anyway (the reference's way; benchmarks only).
+    Returns (loss, ce, reg), detached.
+    """
+    t = ctx.task
+    with autocast() if autocast is not None else nullcontext():
+        new = model(x, tasks=t + 1 if method.uses_lora else 0, heads=t + 1, layers=method.needs_layers,
+                    logits=False)
+        logits = model.heads.head_logits(new.feature, t)
+        ce = task_loss(logits, y - offset) if task_loss is not None else F.cross_entropy(logits.float(), y - offset)
+        old = None
+        if method.needs_old and t > 0:
+            with torch.set_grad_enabled(old_grad):
+                old = model(x, tasks=t, layers=method.needs_layers, logits=False)
+        reg = method.regularizer(new, old, ctx)
+    loss = ce if reg is None else ce + method.weight * reg
+    if check is not None:
+        check(loss, ce, reg)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_sync is not None:
+        grad_sync()
+    opt.step()
+    return loss.detach(), ce.detach(), None if reg is None else reg.detach()
 
 
 class Trainer:
@@ -129,6 +189,7 @@ class Trainer:
         self.device = resolve_device(cfg.train.device)
         if cfg.train.threads > 0:
             torch.set_num_threads(cfg.train.threads)
+        preflight(cfg, self.out_dir)  # cheap checks (scenario, paths, output folder) before any work
         self.data = prepare_data(cfg)
         self.scenario = self.data.scenario
         self.method = create_method(cfg.method.name, cfg.method.options, cfg.method.weight)
@@ -145,6 +206,8 @@ class Trainer:
         self.task_seconds: list[float] = []
         self.start_task = 0
         self.csv_rows: list[dict] = []
+        self._tb: Any = None  # TensorBoardLog while run() runs with an out_dir (sr2lora.report)
+        self._drift: Any = None  # DriftTracker with analysis.enabled (sr2lora.analysis)
 
     def _backbone_mean_std(self):
         pc = getattr(self.model.vit, "pretrained_cfg", None) or {}
@@ -195,7 +258,6 @@ class Trainer:
             opt = torch.optim.Adam(params, lr=tc.lr, betas=(0.9, 0.999), weight_decay=tc.weight_decay)
         else:
             opt = torch.optim.SGD(params, lr=tc.lr, momentum=0.9, weight_decay=tc.weight_decay)
-        use_old = method.needs_old and t > 0
         total_steps = tc.epochs * len(loader)
         step = 0
         model.train()
@@ -209,32 +271,24 @@ class Trainer:
             bar = tqdm(loader, desc=f"task {t + 1}/{sc.num_tasks} epoch {epoch + 1}/{tc.epochs}",
                        disable=not self.progress, leave=False, dynamic_ncols=True)
             for x, y, item in bar:
+                check_interrupt()  # SIGINT/SIGTERM: stop between steps
                 if tc.schedule == "cosine-step":
                     lr = cosine_step_lr(tc.lr, step, total_steps, tc.warmup_steps)
                 for g in opt.param_groups:
                     g["lr"] = lr
                 x, y = x.to(self.device, non_blocking=True), y.to(self.device)
-                with self._autocast():
-                    new = model(x, tasks=t + 1 if method.uses_lora else 0, heads=t + 1,
-                                layers=method.needs_layers, logits=False)
-                    logits = model.heads.head_logits(new.feature, t)
-                    ce = self._task_loss(logits, y - lo)
-                    old = None
-                    if use_old:
-                        with torch.no_grad():
-                            old = model(x, tasks=t, layers=method.needs_layers, logits=False)
-                    reg = method.regularizer(new, old, ctx)
-                loss = ce if reg is None else ce + method.weight * reg
-                if not torch.isfinite(loss):
-                    files = [self.data.bundle.train.describe(int(i)) for i in item[:8]]
-                    raise TrainingError(
-                        f"non-finite loss ({loss.item()}) at task {t + 1}, epoch {epoch + 1}, step {step}: "
-                        f"ce={ce.item():.4g}, reg={None if reg is None else reg.item()}; first files of the "
-                        f"batch: {files}. Lower train.lr or method.weight, or check these images."
-                    )
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+
+                def check(loss, ce, reg, item=item, epoch=epoch, step=step):
+                    if not torch.isfinite(loss):
+                        files = [self.data.bundle.train.describe(int(i)) for i in item[:8]]
+                        raise TrainingError(
+                            f"non-finite loss ({loss.item()}) at task {t + 1}, epoch {epoch + 1}, step {step}: "
+                            f"ce={ce.item():.4g}, reg={None if reg is None else reg.item()}; first files of the "
+                            f"batch: {files}. Lower train.lr or method.weight, or check these images."
+                        )
+
+                loss, ce, reg = training_step(model, method, ctx, opt, x, y, lo, task_loss=self._task_loss,
+                                              autocast=self._autocast, check=check)
                 step += 1
                 n = len(y)
                 seen += n
@@ -245,6 +299,8 @@ class Trainer:
                                 reg=f"{sums['reg'] / seen:.3g}")
             self.csv_rows.append({"task": t, "epoch": epoch, "lr": lr, "steps": step,
                                   **{k: v / max(seen, 1) for k, v in sums.items()}})
+            if self._tb is not None:
+                self._tb.epoch(self.csv_rows[-1], len(self.csv_rows) - 1)
         for p in params:
             p.requires_grad_(False)
         model.eval()
@@ -259,6 +315,7 @@ class Trainer:
         feats, ys = [], []
         self.model.eval()
         for x, y, _ in tqdm(loader, desc="features", disable=not self.progress, leave=False):
+            check_interrupt()
             with self._autocast():
                 out = self.model(x.to(self.device), tasks=tasks, logits=False)
             feats.append(out.feature.float().cpu())
@@ -272,7 +329,9 @@ class Trainer:
         lo, hi = self.scenario.offsets[t], self.scenario.offsets[t + 1]
         idx = self._task_indices(self.data.train_labels, self.data.train_index, lo, hi)
         feats, ys = self.extract(self.data.bundle.train, self.data.train_labels, idx, self._lora_tasks(t))
-        self.gaussians.add_classes(feats, ys, list(range(lo, hi)), self.cfg.ca.cov_shrink, self.cfg.ca.fallback_var)
+        names = [self.data.bundle.class_names[c] for c in self.scenario.class_order]  # by run label
+        self.gaussians.add_classes(feats, ys, list(range(lo, hi)), self.cfg.ca.cov_shrink, self.cfg.ca.fallback_var,
+                                   class_names=names)
 
     def align(self, t: int) -> None:
         ca = self.cfg.ca
@@ -297,6 +356,7 @@ class Trainer:
         preds, ys = [], []
         self.model.eval()
         for x, y, _ in tqdm(loader, desc="evaluate", disable=not self.progress, leave=False):
+            check_interrupt()
             with self._autocast():
                 out = self.model(x.to(self.device), tasks=self._lora_tasks(t), heads=t + 1)
             preds.append(out.logits.float().argmax(-1).cpu())
@@ -319,17 +379,27 @@ class Trainer:
             "counts": self.tracker.counts,
             "task_seconds": self.task_seconds,
             "csv_rows": self.csv_rows,
+            "class_order": self.scenario.class_order,
+            "offsets": self.scenario.offsets,
+            "config_sha256": getattr(self, "_config_sha256", None),
         }
 
     def save(self, t: int) -> None:
         if self.out_dir is None:
             return
+        from .snapshots import HEADS_GROUP, backbone_sha256, head_snapshots
+
         model = {k: v for k, v in self.model.state_dict().items() if not k.startswith("vit.") or ".A." in k
                  or ".B." in k}
+        # For `sr2lora predict/export` (sr2lora.export): heads as after each task, and a hash that detects a
+        # backbone rebuilt differently (model.pretrained=false runs store no backbone weights).
+        if getattr(self, "_backbone_sha256", None) is None:
+            self._backbone_sha256 = backbone_sha256(self.model.vit)
         save_checkpoint(
             self.out_dir,
-            {"model": model, "stats": self.gaussians.state_tensors(), "method": self.method.state_tensors()},
-            self._state(t),
+            {"model": model, "stats": self.gaussians.state_tensors(), "method": self.method.state_tensors(),
+             HEADS_GROUP: head_snapshots(self.out_dir, self.model.heads, t)},
+            {**self._state(t), "backbone_sha256": self._backbone_sha256},
         )
 
     def restore(self) -> int:
@@ -341,13 +411,20 @@ class Trainer:
         if loaded is None:
             return 0
         groups, state = loaded
+        check_config_unchanged(self.out_dir, state)
+        for key, ours in (("class_order", self.scenario.class_order), ("offsets", self.scenario.offsets)):
+            if key in state and list(state[key]) != list(ours):
+                raise CheckpointError(
+                    f"{self.out_dir}: the checkpoint was written for another {key} ({state[key]}) than this "
+                    f"dataset and scenario give ({ours}); is data.root pointing at the same dataset?"
+                )
         t = int(state["task"])
         for s in range(t + 1):
             self.model.add_task(self.scenario.task_size(s))
         missing, unexpected = self.model.load_state_dict(groups["model"], strict=False)
         bad = [k for k in missing if not k.startswith("vit.") or ".A." in k or ".B." in k] + list(unexpected)
         if bad:
-            raise RuntimeError(f"checkpoint does not match the model: {bad[:5]}")
+            raise CheckpointError(f"{self.out_dir}: the checkpoint does not match the model: {bad[:5]}")
         self.model.to(self.device)
         self.model.fold()
         self.gaussians.load_state_tensors(groups.get("stats", {}))
@@ -366,9 +443,13 @@ class Trainer:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             if not resume:
                 dump_config(self.cfg, self.out_dir / "config.yaml")
+            cfg_file = self.out_dir / "config.yaml"
+            self._config_sha256 = file_sha256(cfg_file) if cfg_file.is_file() else None  # in state.json
         self.start_task = self.restore() if resume else 0
+        self._open_logs()
         sc = self.scenario
         for t in range(self.start_task, sc.num_tasks):
+            check_interrupt()
             t0 = time.perf_counter()
             torch.manual_seed(task_seed(self.cfg.seed, t))
             self.model.add_task(sc.task_size(t))
@@ -382,12 +463,37 @@ class Trainer:
                 row = ", ".join(f"{v:.1f}" for v in self.tracker.matrix[-1][: t + 1])
                 tqdm.write(f"task {t + 1}/{sc.num_tasks}: accuracy on seen classes {self.tracker.curve[-1]:.2f}% "
                            f"(per task: {row}) in {self.task_seconds[-1]:.1f}s")
+            self._log_task(t)
             self.save(t)
             self._write_csv()
+        if self._tb is not None:
+            self._tb.close()
         results = self.results()
         if self.out_dir is not None:
             write_json_atomic(self.out_dir / "results.json", results)
         return results
+
+    def _open_logs(self) -> None:
+        """TensorBoard scalars in RUN/tb (when there is a run folder) and, with ``analysis.enabled``, the drift
+        tracker whose RUN/drift.json is rewritten after every task (see sr2lora.analysis)."""
+        if self.out_dir is not None:
+            from .report import TensorBoardLog
+
+            self._tb = TensorBoardLog(self.out_dir / "tb")
+        if self.cfg.analysis.enabled:
+            from .analysis import trainer_tracker
+
+            a = self.cfg.analysis
+            previous = self.out_dir / "drift.json" if self.out_dir is not None else None
+            self._drift = trainer_tracker(self, a.samples_per_task, a.seed, "training", previous=previous)
+
+    def _log_task(self, t: int) -> None:
+        if self._tb is not None:
+            self._tb.task(t, self.tracker.curve[-1], self.tracker.matrix[-1])
+        if self._drift is not None:
+            self._drift.step(t)
+            if self.out_dir is not None:
+                write_json_atomic(self.out_dir / "drift.json", self._drift.to_json())
 
     def _write_csv(self) -> None:
         if self.out_dir is None or not self.csv_rows:
@@ -424,5 +530,6 @@ class Trainer:
             "transform": transform_spec(self.cfg.data.image_size, self.cfg.data.resize_ratio, self.mean_std),
             "dataset_info": bundle.info,
             "fallback_classes": self.gaussians.fallback,
+            "skipped_files": self.data.skipped_files,
             "versions": {"sr2lora": __version__, "torch": torch.__version__, "python": platform.python_version()},
         }

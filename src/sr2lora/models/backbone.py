@@ -8,6 +8,7 @@ H(x) of METHOD.md) and the logits of heads 0..n−1 concatenated.
 from __future__ import annotations
 
 import os
+import pickle
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -34,6 +35,55 @@ class ForwardOut:
     logits: torch.Tensor | None  # (B, classes of the requested heads)
 
 
+def _why_refused(message: str) -> str:
+    """The informative line of torch's weights_only error (the offending global / opcode), or ''."""
+    for line in message.splitlines():
+        if "GLOBAL" in line or line.strip().startswith("Unsupported"):
+            return line.strip()
+    return ""
+
+
+def load_weights_file(path: Path) -> dict[str, torch.Tensor]:
+    """A state dict from a ``.safetensors`` file, or any other file as a torch checkpoint unpickled with
+    ``weights_only=True``.
+
+    Only tensors and plain containers are accepted, so a file crafted to run code when unpickled is refused
+    (a WeightsError) without running it. Wrappers ``{"state_dict"|"model"|"state_dict_ema"|"model_ema": ...}``
+    and a ``module.`` prefix (DataParallel) are removed, as timm does.
+    """
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except Exception as exc:  # SafetensorError and friends
+            raise WeightsError(
+                f"model.pretrained: {path} is not a valid safetensors file ({exc}); nothing in it was executed"
+            ) from exc
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        why = _why_refused(str(exc))
+        raise WeightsError(
+            f"model.pretrained: refused to load {path}: unpickling it needs more than tensors"
+            f"{f' ({why})' if why else ''}, which could run code; nothing in it was executed. Give weights as "
+            f".safetensors (convert a file you trust with safetensors.torch.save_file)"
+        ) from exc
+    except Exception as exc:  # not a torch file at all, truncated zip, ...
+        raise WeightsError(
+            f"model.pretrained: cannot read {path} as a torch checkpoint ({type(exc).__name__}: "
+            f"{(str(exc).splitlines() or [''])[0]})"
+        ) from exc
+    if isinstance(obj, dict):
+        for key in ("state_dict_ema", "model_ema", "state_dict", "model"):
+            if isinstance(obj.get(key), dict):
+                obj = obj[key]
+                break
+    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise WeightsError(f"model.pretrained: {path} holds no state dict of tensors")
+    return {(k[7:] if k.startswith("module.") else k): v for k, v in obj.items()}
+
+
 def _hub_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
 
@@ -57,12 +107,15 @@ def create_vit(
                     f"model.pretrained: weights file {path} not found (give a .safetensors, .pth or .npz file "
                     f"for {name}, or model.pretrained=false)"
                 )
-            overlay = {"file": str(path)}
-            if path.suffix == ".npz":
-                overlay["custom_load"] = True
-            elif path.suffix in (".safetensors", ".pth", ".pt", ".bin"):
-                overlay["custom_load"] = False
-            return timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay, num_classes=0, **kwargs)
+            if path.suffix == ".npz":  # timm's npz loader (np.load, pickles not allowed)
+                overlay: dict = {"file": str(path), "custom_load": True}
+            else:  # read here (safetensors, or torch.load(weights_only=True)), whatever timm's version does
+                overlay = {"state_dict": load_weights_file(path), "custom_load": False}
+            vit = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay, num_classes=0, **kwargs)
+            for cfg_dict in (getattr(vit, "pretrained_cfg", None), getattr(vit, "default_cfg", None)):
+                if isinstance(cfg_dict, dict):
+                    cfg_dict.pop("state_dict", None)  # do not keep a second copy of the weights alive
+            return vit
         if pretrained and _hub_offline():
             raise WeightsError(
                 f"model.pretrained=true needs {name}'s weights from the Hugging Face hub, but HF_HUB_OFFLINE is set. "

@@ -1,0 +1,316 @@
+"""Cost of one training step: ``seqlora`` vs ``sr2lora`` vs a ``naive`` SR²-LoRA step written the reference's way.
+
+All three run the engine's own :func:`sr2lora.engine.training_step` on the same model at task index ≥ 5 (six
+earlier tasks whose LoRA B factors are random and nonzero, folded), interleaved in one process, ``--repeats``
+times each; the table gives the median.
+
+- ``seqlora``: current model forward (folded past + branch t) + CE, backward, Adam step.
+- ``sr2lora``: the same plus the previous model's forward (folded weight only, no autograd) and a batch of L×L
+  symmetric eigenvalue problems.
+- ``naive``: SR²-LoRA as the reference computes it: every forward sums all task branches (no folding,
+  ``set_folding(False)``) and the previous-model pass runs with autograd on (a graph built and never used).
+
+Peak memory: on CUDA ``torch.cuda.max_memory_allocated`` around each variant's steps; on CPU each variant runs in
+a fresh subprocess (``--child VARIANT``) that reports ``ru_maxrss`` (the process's peak RSS) and the step's
+increment over the RSS right before its step loop (measured with the kernel's peak-RSS counter reset there,
+``/proc/self/clear_refs``, so model loading does not hide the step's peak). Memory ratios use the increment.
+
+    python benchmarks/step.py --backbone imgfocus --img-size 112 --batch 32 --repeats 7
+    python benchmarks/step.py --quick            # micro ViT, seconds (make bench)
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import platform  # noqa: E402
+import resource  # noqa: E402
+import statistics  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from contextlib import nullcontext  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+import torch  # noqa: E402
+
+from sr2lora.config import load_config  # noqa: E402
+from sr2lora.engine import training_step  # noqa: E402
+from sr2lora.methods import Method, TaskContext, create_method  # noqa: E402
+from sr2lora.models.backbone import IMGFOCUS_BACKBONE, CILModel, create_vit  # noqa: E402
+
+VARIANTS = ("seqlora", "sr2lora", "naive")
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+@dataclass
+class Bench:
+    """A model at task ``task`` with ``task`` earlier (folded) tasks, and one batch."""
+
+    model: CILModel
+    x: torch.Tensor
+    y: torch.Tensor
+    task: int
+    offset: int
+    device: torch.device
+    autocast: Any
+
+
+def backbone_spec(name: str) -> tuple[str, bool, dict, int, list[str]]:
+    """(timm name, pretrained, timm kwargs, LoRA rank, targets) of ``micro``, ``imgfocus`` or a timm tag."""
+    if name == "micro":
+        m = load_config("smoke").model
+        return m.backbone, False, dict(m.timm_kwargs), m.rank, list(m.lora_targets)
+    if name == "imgfocus":
+        return IMGFOCUS_BACKBONE, True, {}, 10, ["k", "v"]
+    return name, False, {}, 10, ["k", "v"]
+
+
+def build_bench(args: argparse.Namespace) -> Bench:
+    """Model with ``args.tasks`` past tasks (random nonzero B, folded) + the current task, and a random batch."""
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    name, pretrained, kwargs, rank, targets = backbone_spec(args.backbone)
+    vit = create_vit(name, pretrained, img_size=args.img_size, timm_kwargs=kwargs)
+    model = CILModel(vit, rank=rank, targets=targets).to(device)
+    classes = 10
+    with torch.no_grad():
+        for _ in range(args.tasks):
+            model.add_task(classes)
+            for lora in model.loras:
+                lora.B[-1].normal_(0, 0.02)
+    model.add_task(classes)
+    model.to(device)
+    model.fold(args.tasks)
+    model.train()
+    x = torch.randn(args.batch, 3, args.img_size, args.img_size, device=device)
+    y = torch.randint(0, classes, (args.batch,), device=device) + args.tasks * classes
+    if args.compile:
+        model.compile_backbone()
+    bf16 = args.precision == "bf16"
+
+    def autocast():
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
+
+    return Bench(model, x, y, args.tasks, args.tasks * classes, device, autocast)
+
+
+class Variant:
+    """One step flavour: a method, its optimiser over task t's parameters, folding on/off, old-pass autograd."""
+
+    def __init__(self, name: str, bench: Bench) -> None:
+        self.name, self.bench = name, bench
+        self.method: Method = create_method("seqlora" if name == "seqlora" else "sr2lora", {}, 1.0)
+        self.fold = name != "naive"
+        self.old_grad = name == "naive"
+        model = bench.model
+        self.ctx = TaskContext(task=bench.task, model=model, device=bench.device, num_tasks=bench.task + 1)
+        params = model.task_parameters(bench.task)
+        self.opt = torch.optim.Adam(params, lr=1e-5)
+        self.params = params
+
+    def step(self) -> float:
+        b = self.bench
+        b.model.set_folding(self.fold)
+        for p in b.model.parameters():
+            p.requires_grad_(False)
+        for p in self.params:
+            p.requires_grad_(True)
+        sync(b.device)
+        t0 = time.perf_counter()
+        loss, _, _ = training_step(b.model, self.method, self.ctx, self.opt, b.x, b.y, b.offset,
+                                   autocast=b.autocast, old_grad=self.old_grad)
+        float(loss)
+        sync(b.device)
+        return time.perf_counter() - t0
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _hwm_mb() -> float:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _reset_peak_rss() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def child(args: argparse.Namespace) -> None:
+    """CPU memory of one variant in this fresh process: prints one JSON line."""
+    bench = build_bench(args)
+    v = Variant(args.child, bench)
+    rss_before = _rss_mb()
+    reset = _reset_peak_rss()
+    for _ in range(max(2, args.mem_steps)):
+        v.step()
+    peak_total = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    step_peak = _hwm_mb() if reset else peak_total
+    print(json.dumps({"variant": args.child, "peak_rss_mb": peak_total, "rss_before_mb": rss_before,
+                      "step_mb": step_peak - rss_before, "hwm_reset": reset}))
+
+
+def cpu_memory(args: argparse.Namespace, argv: list[str]) -> dict[str, dict]:
+    out = {}
+    for name in args.variants:
+        cmd = [sys.executable, __file__, *argv, "--child", name]
+        res = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if res.returncode != 0:
+            raise RuntimeError(f"memory child {name} failed:\n{res.stderr[-3000:]}")
+        out[name] = json.loads(res.stdout.strip().splitlines()[-1])
+    return out
+
+
+def cuda_memory(bench: Bench, variants: dict[str, Variant], steps: int) -> dict[str, dict]:
+    out = {}
+    for name, v in variants.items():
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+        v.opt.zero_grad(set_to_none=True)
+        before = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        for _ in range(steps):
+            v.step()
+        peak = torch.cuda.max_memory_allocated()
+        out[name] = {"variant": name, "peak_alloc_mb": peak / 2**20, "before_mb": before / 2**20,
+                     "step_mb": (peak - before) / 2**20}
+    return out
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--backbone", default="micro", help="micro | imgfocus | a timm model name (random init)")
+    p.add_argument("--img-size", type=int, default=None, help="input size (default: micro 32, others 112/224)")
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--repeats", type=int, default=7, help="timed steps per variant (interleaved)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps per variant first")
+    p.add_argument("--tasks", type=int, default=6, help="past tasks before the timed one (task index)")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+    p.add_argument("--compile", action="store_true", help="torch.compile the backbone (train.compile=true)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--variants", default=",".join(VARIANTS))
+    p.add_argument("--no-memory", action="store_true", help="skip the memory measurement")
+    p.add_argument("--mem-steps", type=int, default=2)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    p.add_argument("--quick", action="store_true", help="few repeats (make bench)")
+    p.add_argument("--json", default=None, help="output (default benchmarks/results/step-<backbone>.json)")
+    p.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.img_size is None:
+        args.img_size = {"micro": 32, "imgfocus": 112}.get(args.backbone, 224)
+    if args.quick:
+        args.repeats, args.warmup = min(args.repeats, 5), min(args.warmup, 1)
+    args.variants = [v for v in args.variants.split(",") if v]
+    bad = [v for v in args.variants if v not in VARIANTS]
+    if bad:
+        p.error(f"unknown variants {bad}; choose from {VARIANTS}")
+    return args
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None or b == 0 else a / b
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Run the benchmark; print the table, write the JSON and return it."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    if args.child:
+        child(args)
+        return {}
+    device = torch.device(args.device)
+    parent_argv = [a for a in argv if a != "--quick"] + (["--quick"] if args.quick else [])
+    memory = {} if args.no_memory or device.type == "cuda" else cpu_memory(args, parent_argv)
+    bench = build_bench(args)
+    variants = {name: Variant(name, bench) for name in args.variants}
+    for _ in range(args.warmup):
+        for v in variants.values():
+            v.step()
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(args.repeats):
+        for name, v in variants.items():
+            times[name].append(v.step())
+    if device.type == "cuda" and not args.no_memory:
+        memory = cuda_memory(bench, variants, args.mem_steps)
+    rows = {}
+    for name in variants:
+        med = statistics.median(times[name])
+        rows[name] = {"median_s": med, "times_s": times[name], "images_per_s": args.batch / med,
+                      **{k: v for k, v in memory.get(name, {}).items() if k != "variant"}}
+    med = {n: r["median_s"] for n, r in rows.items()}
+    mem = {n: r.get("step_mb") for n, r in rows.items()}
+    tot_key = "peak_alloc_mb" if device.type == "cuda" else "peak_rss_mb"
+    tot = {n: r.get(tot_key) for n, r in rows.items()}
+    ratios = {
+        "sr2lora/seqlora": {"time": _ratio(med.get("sr2lora"), med.get("seqlora")),
+                            "memory": _ratio(mem.get("sr2lora"), mem.get("seqlora")),
+                            "memory_total": _ratio(tot.get("sr2lora"), tot.get("seqlora"))},
+        "naive/sr2lora": {"time": _ratio(med.get("naive"), med.get("sr2lora")),
+                          "memory": _ratio(mem.get("naive"), mem.get("sr2lora")),
+                          "memory_total": _ratio(tot.get("naive"), tot.get("sr2lora"))},
+    }
+    m = bench.model
+    result = {
+        "backbone": args.backbone, "img_size": args.img_size, "batch": args.batch, "task_index": args.tasks,
+        "layers": m.num_layers, "embed_dim": m.embed_dim, "rank": m.loras[0].rank if m.loras else 0,
+        "precision": args.precision, "compile": args.compile, "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
+        "threads": torch.get_num_threads(), "cpus": os.cpu_count(), "repeats": args.repeats,
+        "torch": torch.__version__, "variants": rows, "ratios": ratios,
+    }
+    print_table(result, tot_key)
+    path = Path(args.json) if args.json else RESULTS / f"step-{args.backbone.replace('/', '_')}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"-> {path}")
+    return result
+
+
+def _fmt(v: float | None, spec: str) -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def print_table(r: dict, tot_key: str) -> None:
+    print(f"{r['backbone']} @ {r['img_size']} px, batch {r['batch']}, task index {r['task_index']}, "
+          f"{r['precision']}{' compiled' if r['compile'] else ''}, {r['device']} ({r['threads']} threads), "
+          f"median of {r['repeats']}")
+    print(f"{'variant':10s} {'step s':>8s} {'img/s':>8s} {'step MB':>9s} {'peak MB':>9s}")
+    for name, row in r["variants"].items():
+        print(f"{name:10s} {row['median_s']:8.3f} {row['images_per_s']:8.1f} {_fmt(row.get('step_mb'), '9.0f')} "
+              f"{_fmt(row.get(tot_key), '9.0f')}")
+    for key, v in r["ratios"].items():
+        print(f"{key:16s} time {_fmt(v['time'], '.3f')}  memory {_fmt(v['memory'], '.3f')} "
+              f"(total {_fmt(v['memory_total'], '.3f')})")
+
+
+if __name__ == "__main__":
+    main()

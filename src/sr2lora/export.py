@@ -1,0 +1,294 @@
+"""Use a finished run: load it as one model over all learned classes, or export it as one plain timm model.
+
+A run folder holds no backbone weights, only the LoRA factors and heads (``checkpoint/model.safetensors``), so
+:func:`load_run` rebuilds the backbone exactly as the engine did: ``create_vit`` from the saved
+``config.yaml`` under ``torch.manual_seed(task_seed(seed, -1))``. For ``model.pretrained=false`` (the smoke
+preset) that seeded random init is the backbone; for pre-trained backbones it is the weights file or timm's
+hub cache (``imgfocus-vits14``: the cached converted weights). The ``backbone_sha256`` the engine stores in
+the checkpoint is checked, so a backbone rebuilt differently (another torch/timm version, changed weights) is an
+error, not silently wrong predictions.
+
+:func:`export_run` folds every LoRA pair into its qkv weight (W + Σ_s B_s A_s, in float64, cast back) and
+stacks the heads into one ``head`` Linear: the result is the state dict of the same timm architecture with
+``num_classes`` = the learned classes, loadable without sr2lora (see the JSON sidecar's ``load`` entry).
+
+Both compute in float32. A run trained with ``train.precision=bf16`` was evaluated under bf16 autocast, so its
+reported accuracy can differ from these models' by a few images.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .checkpoint import CheckpointError, load_checkpoint, write_json_atomic
+from .config import RunConfig, load_config
+from .snapshots import HEADS_GROUP, backbone_sha256, head_snapshot_keys, plain_backbone_state
+
+EXPORT_FORMAT = "sr2lora-export/1"
+
+
+class RunModel(nn.Module):
+    """A batch of transformed images (B, 3, H, W) → logits (B, C) over the classes learned up to its task."""
+
+    def __init__(self, cil: nn.Module, lora_tasks: int) -> None:
+        super().__init__()
+        self.cil = cil
+        self.lora_tasks = lora_tasks
+
+    @property
+    def num_classes(self) -> int:
+        return sum(self.cil.heads.sizes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.cil(x, tasks=self.lora_tasks, heads=len(self.cil.heads)).logits
+
+
+@dataclass
+class LoadedRun:
+    """A finished run ready for inference: ``transform(PIL image)`` → tensor, ``model(batch)`` → logits."""
+
+    model: RunModel  # eval mode; logits in label order (= class_names)
+    class_names: list[str]  # label order: results.json class_names, up to the loaded task
+    transform: Callable[[Any], torch.Tensor]  # the run's test transform (PIL image → (3, S, S))
+    transform_spec: dict[str, Any]  # JSON description of ``transform`` (resize, crop, mean/std)
+    config: RunConfig
+    results: dict[str, Any]
+    run_dir: Path
+    task: int  # 0-based: the model is the run's model as after this task
+    num_tasks: int
+
+
+def _read_run(run_dir: Path) -> tuple[RunConfig, dict[str, Any], dict[str, dict[str, torch.Tensor]], dict]:
+    if not run_dir.is_dir():
+        raise CheckpointError(f"{run_dir}: no such run folder")
+    cfg_file = run_dir / "config.yaml"
+    if not cfg_file.is_file():
+        raise CheckpointError(f"{run_dir}: not a run folder (no config.yaml); train one with `sr2lora run`")
+    res_file = run_dir / "results.json"
+    if not res_file.is_file():
+        raise CheckpointError(
+            f"{run_dir}: the run is not finished (no results.json); finish it with `sr2lora run --resume {run_dir}`"
+        )
+    try:
+        results = json.loads(res_file.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{res_file}: unreadable results ({exc})") from exc
+    for key in ("class_names", "task_offsets", "num_tasks"):
+        if key not in results:
+            raise CheckpointError(f"{res_file}: has no {key!r} (written by an older sr2lora?); cannot load the run")
+    cfg = load_config(str(cfg_file))
+    loaded = load_checkpoint(run_dir)
+    if loaded is None:
+        raise CheckpointError(f"{run_dir}: no checkpoint (checkpoint/state.json missing); the run folder is incomplete")
+    groups, state = loaded
+    if int(state.get("task", -1)) != int(results["num_tasks"]) - 1 or "model" not in groups:
+        raise CheckpointError(
+            f"{run_dir}: the checkpoint holds task {int(state.get('task', -1)) + 1} of {results['num_tasks']}, "
+            f"not the finished run; resume it with `sr2lora run --resume {run_dir}`"
+        )
+    return cfg, results, groups, state
+
+
+def _backbone_mean_std(vit: nn.Module):
+    pc = getattr(vit, "pretrained_cfg", None) or {}
+    if "mean" in pc and "std" in pc:
+        return tuple(pc["mean"]), tuple(pc["std"])
+    return None
+
+
+def load_run(run_dir: str | Path, task: int | None = None, device: str | torch.device = "cpu") -> LoadedRun:
+    """Load a finished run as one model over all its classes (``task=t``: the model as after task t, 0-based).
+
+    The backbone is rebuilt from the saved config (no network when its weights are local or cached) and checked
+    against the checkpoint's hash; LoRA branches 0..t are folded into the qkv weights. ``task=t`` before the
+    last task needs the per-task head snapshots (classifier alignment rewrites old heads after every task);
+    runs trained before they were saved can only load their final model.
+    """
+    from .data.transforms import build_transforms, normalization, transform_spec
+    from .engine import build_model, resolve_device, task_seed
+    from .methods import get_method_class
+
+    run_dir = Path(run_dir)
+    cfg, results, groups, state = _read_run(run_dir)
+    num_tasks = int(results["num_tasks"])
+    last = num_tasks - 1
+    t = last if task is None else int(task)
+    if not 0 <= t <= last:
+        raise CheckpointError(f"task {task}: out of range; the run has tasks 0..{last} (0-based)")
+    offsets = [int(o) for o in results["task_offsets"]]
+    uses_lora = get_method_class(cfg.method.name).uses_lora
+
+    # Exactly the engine's construction: seed, then build (the seeded random init is the smoke backbone).
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(task_seed(cfg.seed, -1))
+        cil = build_model(cfg, uses_lora)
+    saved_hash = state.get("backbone_sha256")
+    if saved_hash is not None and backbone_sha256(cil.vit) != saved_hash:
+        raise CheckpointError(
+            f"{run_dir}: the rebuilt backbone {cfg.model.backbone} (model.pretrained={cfg.model.pretrained}) differs "
+            f"from the one the run trained (backbone_sha256 mismatch): another torch/timm version changes a random "
+            f"init, or the pre-trained weights file changed; use the run's environment"
+        )
+
+    for s in range(t + 1):
+        cil.add_task(offsets[s + 1] - offsets[s])
+    weights = {}
+    for key, value in groups["model"].items():
+        if key.startswith("heads."):
+            s = int(key.split(".")[1])
+        elif key.startswith("vit."):
+            s = int(key.rsplit(".", 1)[1])  # vit.blocks.i.attn.qkv.{A,B}.s
+        else:
+            continue
+        if s <= t:
+            weights[key] = value
+    missing, unexpected = cil.load_state_dict(weights, strict=False)
+    bad = [k for k in missing if not k.startswith("vit.") or ".A." in k or ".B." in k] + list(unexpected)
+    if bad:
+        raise CheckpointError(f"{run_dir}: the checkpoint does not match the model rebuilt from config.yaml: {bad[:5]}")
+    if t < last:
+        snaps = groups.get(HEADS_GROUP, {})
+        wk, bk = head_snapshot_keys(t)
+        if wk not in snaps or bk not in snaps:
+            raise CheckpointError(
+                f"{run_dir}: the run kept no head snapshot for task {t} (classifier alignment changed the heads "
+                f"after it, and runs from before per-task snapshots only hold the final heads); only the final "
+                f"model (task {last}) can be loaded"
+            )
+        if snaps[wk].shape[0] != offsets[t + 1] or snaps[bk].shape[0] != offsets[t + 1]:
+            raise CheckpointError(f"{run_dir}: the head snapshot of task {t} does not match the run's classes")
+        cil.heads.load_concatenated(snaps[wk], snaps[bk])
+    cil.fold()
+    cil.eval()
+    model = RunModel(cil, t + 1 if uses_lora else 0).eval().to(resolve_device(str(device)))
+
+    d = cfg.data
+    mean_std = normalization(d.normalize, _backbone_mean_std(cil.vit))
+    _, test_tf = build_transforms(d.image_size, d.train_scale, d.train_ratio, d.hflip, d.resize_ratio, mean_std)
+    return LoadedRun(
+        model=model,
+        class_names=list(results["class_names"][: offsets[t + 1]]),
+        transform=test_tf,
+        transform_spec=transform_spec(d.image_size, d.resize_ratio, mean_std),
+        config=cfg,
+        results=results,
+        run_dir=run_dir,
+        task=t,
+        num_tasks=num_tasks,
+    )
+
+
+def timm_architecture(cfg: RunConfig) -> tuple[str, dict[str, Any]]:
+    """(timm model name, ``timm.create_model`` kwargs without ``num_classes``) of the run's backbone."""
+    from .models.backbone import IMGFOCUS_BACKBONE
+
+    kwargs: dict[str, Any] = {"img_size": cfg.data.image_size, **cfg.model.timm_kwargs}
+    if cfg.model.backbone == IMGFOCUS_BACKBONE:
+        from .models.imgfocus import IMGFOCUS_TIMM_NAME
+
+        kwargs.pop("pos_embed_antialias", None)  # a load-time option of sr2lora, not a timm kwarg
+        return IMGFOCUS_TIMM_NAME, kwargs
+    return cfg.model.backbone, kwargs
+
+
+@torch.no_grad()
+def folded_state_dict(run: LoadedRun) -> dict[str, torch.Tensor]:
+    """The timm state dict of the loaded model: LoRA folded into ``blocks.i.attn.qkv.weight``, one ``head``."""
+    from .models.lora import LoRAQKV
+
+    vit = run.model.cil.vit
+    state = {k: v.detach().cpu().clone() for k, v in plain_backbone_state(vit).items()}
+    for name, module in vit.named_modules():
+        if isinstance(module, LoRAQKV) and module.num_tasks:
+            w = module.base.weight.detach().to(torch.float64).clone()
+            for s in range(module.num_tasks):
+                w += module.task_delta(s).detach().to(torch.float64)
+            state[f"{name}.weight"] = w.to(module.base.weight.dtype).cpu()
+    weight, bias = run.model.cil.heads.concatenated()
+    state["head.weight"] = weight.detach().cpu().clone()
+    state["head.bias"] = bias.detach().cpu().clone()
+    return {k: v.contiguous() for k, v in state.items()}
+
+
+def _check_timm_keys(tag: str, kwargs: dict[str, Any], num_classes: int, state: dict[str, torch.Tensor]) -> None:
+    import timm
+
+    with torch.device("meta"):
+        ref = timm.create_model(tag, pretrained=False, num_classes=num_classes, **kwargs).state_dict()
+    want = {k: tuple(v.shape) for k, v in ref.items()}
+    have = {k: tuple(v.shape) for k, v in state.items()}
+    if want != have:
+        diff = sorted(set(want) ^ set(have)) or [k for k in want if want[k] != have[k]]
+        raise RuntimeError(f"exported state does not match timm {tag}: {diff[:5]}")
+
+
+def export_run(run_dir: str | Path, out_file: str | Path, task: int | None = None) -> Path:
+    """Write the run as one plain timm model (``out_file``, safetensors) plus ``<out>.json`` describing it.
+
+    The JSON sidecar holds what is needed without sr2lora: timm name and kwargs, how to load the file, input
+    size, the test transform, class names, and the run's accuracies. Returns the path of the weights file.
+    """
+    from safetensors.torch import save_file
+
+    from . import __version__
+
+    out = Path(out_file)
+    if out.suffix != ".safetensors":
+        raise CheckpointError(f"--out {out}: the exported file must end in .safetensors")
+    run = load_run(run_dir, task=task)
+    cfg, results = run.config, run.results
+    tag, kwargs = timm_architecture(cfg)
+    state = folded_state_dict(run)
+    num_classes = len(run.class_names)
+    _check_timm_keys(tag, kwargs, num_classes, state)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    try:
+        save_file(state, str(tmp), metadata={"format": "pt", "producer": f"sr2lora {__version__}"})
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+    import timm
+
+    t, size = run.task, cfg.data.image_size
+    sidecar = {
+        "format": EXPORT_FORMAT,
+        "weights": out.name,
+        "timm_model": tag,
+        "timm_kwargs": kwargs,
+        "num_classes": num_classes,
+        "load": {  # timm.create_model(timm_model, **load, **timm_kwargs); num_classes in the overlay keeps the head
+            "pretrained": True,
+            "num_classes": num_classes,
+            "pretrained_cfg_overlay": {"file": out.name, "num_classes": num_classes},
+        },
+        "input_size": [3, size, size],
+        "transform": run.transform_spec,
+        "class_names": run.class_names,
+        "task": t,
+        "num_tasks": run.num_tasks,
+        "task_offsets": results["task_offsets"][: t + 2],
+        "source_run": str(Path(run_dir).resolve()),
+        "method": cfg.method.name,
+        "backbone": cfg.model.backbone,
+        "eval_split": results.get("eval_split"),
+        "accuracy": {
+            "final_acc": results.get("final_acc"),
+            "avg_acc": results.get("avg_acc"),
+            "accuracy_matrix": results.get("accuracy_matrix"),
+            "acc_after_task": (results.get("acc_curve") or [None] * (t + 1))[t],
+        },
+        "versions": {"sr2lora": __version__, "torch": torch.__version__, "timm": timm.__version__},
+    }
+    write_json_atomic(out.with_suffix(".json"), sidecar)
+    return out
