@@ -114,10 +114,12 @@ class Variant:
         params = model.task_parameters(bench.task)
         self.opt = torch.optim.Adam(params, lr=1e-5)
         self.params = params
+        self.cls_only = model.cls_only_last
 
     def step(self) -> float:
         b = self.bench
         b.model.set_folding(self.fold)
+        b.model.cls_only_last = self.fold and self.cls_only  # the reference runs every block in full
         for p in b.model.parameters():
             p.requires_grad_(False)
         for p in self.params:

@@ -19,8 +19,8 @@ from safetensors import safe_open
 from conftest import read_results, run_cli
 from sr2lora.checkpoint import CKPT_DIR, PAUSE_ENV, clean_partial, file_sha256
 
-# Four epochs make a task long enough (about a second) to be killed in the middle of it.
-CFG = ["train.epochs=4", "ca.epochs=2"]
+# Three epochs make a task long enough (most of a second) to be killed in the middle of it.
+CFG = ["train.epochs=3", "ca.epochs=1"]
 ACC_KEYS = ["accuracy_matrix", "acc_curve", "final_acc", "avg_acc", "forgetting", "bwt", "plasticity",
             "class_order", "task_test_counts"]
 
@@ -86,7 +86,7 @@ def test_sigkill_during_task_3_then_resume_is_exact(tmp_path, reference):
 
 def test_sigkill_during_checkpoint_write_then_resume_is_exact(tmp_path, reference):
     out = tmp_path / "run"
-    proc = start_run(out, env={PAUSE_ENV: "1.0"})  # save_checkpoint sleeps with its temp folder complete
+    proc = start_run(out, env={PAUSE_ENV: "0.5"})  # save_checkpoint sleeps with its temp folder complete
 
     def writing_task_2() -> bool:
         return any(read_task(tmp / "state.json") == 1 for tmp in out.glob(f"{CKPT_DIR}.tmp-*"))
@@ -102,7 +102,8 @@ def test_sigkill_during_checkpoint_write_then_resume_is_exact(tmp_path, referenc
 
 
 @pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-def test_signal_stops_cleanly_and_resumes(tmp_path, reference, sig, code):
+def test_signal_stops_cleanly(tmp_path, sig, code):
+    """The stop leaves the last complete checkpoint, like a kill, so the resume tests above cover it."""
     out = tmp_path / "run"
     proc = start_run(out)
     wait_for(lambda: ckpt_task(out) == 0, proc)
@@ -113,9 +114,6 @@ def test_signal_stops_cleanly_and_resumes(tmp_path, reference, sig, code):
     assert "Traceback" not in stderr
     assert ckpt_task(out) in (0, 1) and not list(out.glob(f"{CKPT_DIR}.*")), "no partial checkpoint"
     assert not (out / "results.json").exists()
-    if sig == signal.SIGINT:  # one resume is enough to show that the stop left a consistent run
-        assert run_cli("run", "--resume", out, "--quiet") == 0
-        assert_same_accuracies(out, reference)
 
 
 def test_disk_full_during_checkpoint_keeps_the_previous_one(tmp_path, monkeypatch, capsys):
@@ -142,11 +140,11 @@ def test_disk_full_during_checkpoint_keeps_the_previous_one(tmp_path, monkeypatc
     monkeypatch.setattr(ckpt, "save_file", real_save)
     assert run_cli("run", "--resume", out, "--quiet") == 0  # room again: the run continues from task 2
     assert len(read_results(out)["acc_curve"]) == 5
+    check_checkpoint_contents(out)
 
 
-def test_checkpoint_contents_are_tensors_and_json_only(tmp_path):
-    out = tmp_path / "run"
-    assert run_cli("run", "--preset", "smoke", "--quiet", "--out", out, "train.epochs=1", "ca.epochs=1") == 0
+def check_checkpoint_contents(out: Path) -> None:
+    """LoRA factors, heads, class statistics, method state in safetensors; position and metrics in JSON."""
     ckpt = out / CKPT_DIR
     files = sorted(p.name for p in ckpt.iterdir())
     assert all(f.endswith(".safetensors") or f == "state.json" for f in files), files

@@ -302,6 +302,17 @@ def analyze_run(run_dir: str | Path, samples_per_task: int | None = None, seed: 
     return doc
 
 
+def find_run_dirs(paths: Sequence[str | Path]) -> list[Path]:
+    """Run folders to analyze: a folder with config.yaml as given, any other folder searched for finished runs."""
+    from .report import discover_runs
+
+    out: list[Path] = []
+    for p in paths:
+        p = Path(p)
+        out.extend([p] if (p / "config.yaml").is_file() else discover_runs([p]))
+    return out
+
+
 def analyze_or_reuse(run_dir: str | Path, samples_per_task: int | None = None, seed: int | None = None,
                      device: str | None = None, recompute: bool = False) -> tuple[dict[str, Any], bool]:
     """(drift document, reused?) for ``sr2lora analyze``: RUN/drift.json when it already covers every task with

@@ -27,9 +27,11 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from .data.base import DataError
     from .engine import TrainingError
     from .models.backbone import WeightsError
+    from .models.imgfocus import ImgFocusUnavailableError, OnnxConversionError
     from .preflight import OutputError
 
-    return (UserError, ConfigError, DataError, WeightsError, CheckpointError, TrainingError, OutputError)
+    return (UserError, ConfigError, DataError, WeightsError, CheckpointError, TrainingError, OutputError,
+            ImgFocusUnavailableError, OnnxConversionError)
 
 
 def _train(cfg, run_dir: Path, quiet: bool, resume: bool) -> dict:
@@ -164,7 +166,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else (Path(args.runs[0]) / "report" if len(args.runs) == 1 else Path("report"))
     try:
         doc = build_report(args.runs, out)
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, ValueError) as exc:  # no runs; unreadable results.json; mixed task counts
         raise UserError(str(exc)) from exc
     for g in doc["groups"]:
         m = g["metrics"]
@@ -177,22 +179,23 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
-    from .analysis import analyze_or_reuse, plot_drift, run_label
+    from .analysis import analyze_or_reuse, find_run_dirs, plot_drift, run_label
 
     docs = []
-    for run in args.runs:
-        try:
+    try:
+        runs = find_run_dirs(args.runs)
+        for run in runs:
             doc, reused = analyze_or_reuse(run, args.samples, args.seed, args.device, recompute=args.recompute)
-        except FileNotFoundError as exc:
-            raise UserError(str(exc)) from exc
-        docs.append((run_label(doc, run if len(args.runs) > 1 else None), doc))
-        print(f"{run}/drift.json ({'reused' if reused else doc['source']}; {doc['samples_per_task']} samples per "
-              f"task, seed {doc['sample_seed']})")
-        for row in doc["summary"][1:]:
-            print(f"  after task {row['t'] + 1}: relation drift {row['relation_drift']:.4g}, spectral "
-                  f"{row['spectrum_drift']:.4g}, prototype shift {row['prototype_shift']:.4g}, margin of old "
-                  f"samples {row['margin']:.3f}")
-    out = Path(args.out) if args.out else (Path(args.runs[0]) if len(args.runs) == 1 else Path("analysis"))
+            docs.append((run_label(doc, run if len(runs) > 1 else None), doc))
+            print(f"{run}/drift.json ({'reused' if reused else doc['source']}; {doc['samples_per_task']} samples "
+                  f"per task, seed {doc['sample_seed']})")
+            for row in doc["summary"][1:]:
+                print(f"  after task {row['t'] + 1}: relation drift {row['relation_drift']:.4g}, spectral "
+                      f"{row['spectrum_drift']:.4g}, prototype shift {row['prototype_shift']:.4g}, margin of old "
+                      f"samples {row['margin']:.3f}")
+    except FileNotFoundError as exc:
+        raise UserError(str(exc)) from exc
+    out = Path(args.out) if args.out else (runs[0] if len(runs) == 1 else Path("analysis"))
     paths = plot_drift(docs, out)
     print(f"plots: {', '.join(str(p) for p in paths)}")
     return 0

@@ -349,6 +349,7 @@ def build_config(data: dict[str, Any]) -> RunConfig:
     method_cls = get_method_class(name)
     opt_cls = method_cls.Options
     options = _build_section(opt_cls, mdata, "method.")
+    method_cls(options, weight)  # a method validates its own options (raises ConfigError naming the key)
     kwargs["method"] = MethodConfig(name=name, weight=weight, options=dataclasses.asdict(options))
     cfg = RunConfig(**kwargs)
     validate(cfg)

@@ -8,6 +8,7 @@ resumed from the checkpoint of task t−1 is identical to an uninterrupted one.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import math
 import os
 import platform
@@ -42,7 +43,7 @@ from .data.integrity import drop_unreadable
 from .data.scenario import Scenario, TaskView, build_scenario, label_range_indices
 from .data.transforms import build_transforms, normalization, transform_spec
 from .losses import logitnorm_cross_entropy
-from .methods import Method, TaskContext, create_method
+from .methods import Method, TaskContext, create_method, get_method_class
 from .metrics import AccuracyTracker, task_accuracies
 from .models.backbone import CILModel, create_vit
 from .preflight import preflight
@@ -114,7 +115,10 @@ class RunData:
 def prepare_data(cfg: RunConfig) -> RunData:
     """Build the dataset and scenario; with ``data.val_fraction`` > 0, evaluate on a split carved from train."""
     bundle = build_dataset(cfg.data)
-    scenario = build_scenario(bundle.num_classes, cfg.scenario, cfg.seed)
+    sc_cfg = cfg.scenario
+    if get_method_class(cfg.method.name).single_task:  # `joint`: one task holding every class, same order
+        sc_cfg = dataclasses.replace(sc_cfg, init_cls=bundle.num_classes, increment=1)
+    scenario = build_scenario(bundle.num_classes, sc_cfg, cfg.seed)
     bundle, skipped = drop_unreadable(bundle, cfg.data.skip_bad)  # every file opened once, before the model
     train_labels = scenario.remap(bundle.train.targets)
     if cfg.data.val_fraction > 0:
@@ -151,22 +155,25 @@ def training_step(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """One optimisation step of task ``ctx.task`` on (x, y): the step training runs (and the benchmarks time).
 
-    Forward of the current model (branches 0..t) and, when the method needs it, of the previous model
-    (branches 0..t−1, no autograd), the task-local loss plus ``method.weight`` × the method's regulariser,
+    The frozen stem once, then the forward of the current model (branches 0..t) and, when the method needs it,
+    of the previous model (branches 0..t−1, no autograd) from the same tokens, the task-local loss plus ``method.weight`` × the method's regulariser,
     ``check(loss, ce, reg)`` (may raise), backward, ``grad_sync()`` (the distributed all-reduce), optimiser step.
-    ``old_grad=True`` builds the previous model's autograd graph anyway (the reference's way; benchmarks only).
+    ``old_grad=True`` is the reference's way (benchmarks only): the previous model recomputes the stem and
+    builds an autograd graph that is never used.
     Returns (loss, ce, reg), detached.
     """
     t = ctx.task
     with autocast() if autocast is not None else nullcontext():
+        tokens = model.embed(x)  # the frozen stem, shared by both forwards
         new = model(x, tasks=t + 1 if method.uses_lora else 0, heads=t + 1, layers=method.needs_layers,
-                    logits=False)
+                    logits=False, tokens=tokens)
         logits = model.heads.head_logits(new.feature, t)
         ce = task_loss(logits, y - offset) if task_loss is not None else F.cross_entropy(logits.float(), y - offset)
         old = None
         if method.needs_old and t > 0:
             with torch.set_grad_enabled(old_grad):
-                old = model(x, tasks=t, layers=method.needs_layers, logits=False)
+                old = model(x, tasks=t, layers=method.needs_layers, logits=False,
+                            tokens=None if old_grad else tokens)
         reg = method.regularizer(new, old, ctx)
     loss = ce if reg is None else ce + method.weight * reg
     if check is not None:
@@ -329,6 +336,13 @@ class Trainer:
         lo, hi = self.scenario.offsets[t], self.scenario.offsets[t + 1]
         idx = self._task_indices(self.data.train_labels, self.data.train_index, lo, hi)
         feats, ys = self.extract(self.data.bundle.train, self.data.train_labels, idx, self._lora_tasks(t))
+        bad = (~torch.isfinite(feats).all(dim=1)).nonzero().flatten().tolist()
+        if bad:  # training diverged without a non-finite loss (e.g. a single huge step)
+            files = [self.data.bundle.train.describe(int(idx[i])) for i in bad[:8]]
+            raise TrainingError(
+                f"task {t + 1}: the trained model gives non-finite features for {len(bad)} of {len(idx)} training "
+                f"images (first: {files}); training diverged. Lower train.lr or method.weight, or check these images."
+            )
         names = [self.data.bundle.class_names[c] for c in self.scenario.class_order]  # by run label
         self.gaussians.add_classes(feats, ys, list(range(lo, hi)), self.cfg.ca.cov_shrink, self.cfg.ca.fallback_var,
                                    class_names=names)

@@ -76,6 +76,7 @@ class TensorBoardLog:
                 if key in row:
                     self.writer.add_scalar(f"train/{key}", float(row[key]), step)
             self.writer.add_scalar("train/task", int(row.get("task", 0)) + 1, step)
+            self.writer.flush()
         except Exception as exc:
             self._fail(exc)
 

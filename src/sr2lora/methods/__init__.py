@@ -1,6 +1,15 @@
 """Continual-learning methods, registered by name. Importing this package registers all of them."""
 
-from . import entrywise, feature_distill, frozen, seqlora, sr2lora  # noqa: F401  (registration)
+from . import (  # noqa: F401  (registration)
+    entrywise,
+    feature_distill,
+    frozen,
+    inflora,
+    joint,
+    sdlora,
+    seqlora,
+    sr2lora,
+)
 from .base import (
     Method,
     TaskContext,

@@ -18,6 +18,7 @@ import timm
 import torch
 from torch import nn
 
+from .fastpath import block_forward, supports
 from .heads import TaskHeads
 from .lora import LoRAQKV
 
@@ -154,6 +155,11 @@ class CILModel(nn.Module):
         self.embed_dim = int(self.vit.num_features)
         self.num_layers = len(self.vit.blocks)
         self.heads = TaskHeads(self.embed_dim)
+        # Plain timm blocks run through models.fastpath: the last block for the [CLS] token only (exact), and
+        # without autograd, on CPU, with fused oneDNN linears (fast_inference). False: timm's forward throughout.
+        self.lean_blocks = [supports(blk) for blk in self.vit.blocks]
+        self.cls_only_last = self.lean_blocks[-1]
+        self.fast_inference = True
         self.vit.eval()
 
     # The backbone always runs in eval mode (no dropout / drop-path), as the reference trains.
@@ -206,16 +212,35 @@ class CILModel(nn.Module):
             for lora, a in zip(self.loras, old):
                 lora.active = a
 
-    def backbone_features(self, x: torch.Tensor, layers: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(final [CLS] feature, per-layer [CLS] features or None) with the currently active branches."""
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """The frozen stem (patch embedding, position embedding, pre-norm): tokens (B, N, d), task-independent.
+
+        Every forward of a batch starts from the same tokens, so a training step computes them once and hands
+        them to both the current and the previous model's forward (``forward(..., tokens=...)``).
+        """
         v = self.vit
         x = v.patch_embed(x)
         x = v._pos_embed(x)
         x = v.patch_drop(x)
-        x = v.norm_pre(x)
+        return v.norm_pre(x)
+
+    def backbone_features(
+        self, x: torch.Tensor, layers: bool = True, tokens: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(final [CLS] feature, per-layer [CLS] features or None) with the currently active branches.
+
+        Only the [CLS] token of the last block is used, so the last block runs for that token only (its keys and
+        values still come from every token), and passes without autograd use the fused CPU kernels; both through
+        :func:`sr2lora.models.fastpath.block_forward` when the block is a plain timm ``Block``.
+        """
+        v = self.vit
+        x = self.embed(x) if tokens is None else tokens
         per_layer = []
-        for blk in v.blocks:
-            x = blk(x)
+        last = len(v.blocks) - 1
+        lean = self.fast_inference and not torch.is_grad_enabled()
+        for i, blk in enumerate(v.blocks):
+            cls_only = i == last and self.cls_only_last
+            x = block_forward(blk, x, cls_only) if (cls_only or lean) and self.lean_blocks[i] else blk(x)
             if layers:
                 per_layer.append(v.norm(x[:, 0]))
         feature = per_layer[-1] if layers else v.norm(x[:, 0])
@@ -229,10 +254,14 @@ class CILModel(nn.Module):
         heads: int | None = None,
         layers: bool = False,
         logits: bool = True,
+        tokens: torch.Tensor | None = None,
     ) -> ForwardOut:
-        """Forward with LoRA branches 0..tasks−1 (default: all) and logits of heads 0..heads−1 (default: tasks)."""
+        """Forward with LoRA branches 0..tasks−1 (default: all) and logits of heads 0..heads−1 (default: tasks).
+
+        ``tokens``: the output of :meth:`embed` for ``x`` when the caller already has it (skips the stem).
+        """
         n = self.num_tasks if tasks is None else tasks
         with self.active_tasks(n):
-            feature, per_layer = self.backbone_features(x, layers=layers)
+            feature, per_layer = self.backbone_features(x, layers=layers, tokens=tokens)
         out_logits = self.heads(feature, upto=n if heads is None else heads) if logits else None
         return ForwardOut(feature=feature, layers=per_layer, logits=out_logits)

@@ -10,6 +10,10 @@ from W and the factors, not accumulated, so no drift). A forward with ``active``
   ``active = t+1`` is folded weight + branch t, and the previous model ``active = t`` is the folded weight alone);
 - or, when fewer tasks are active than are folded (analysis of an older model) or folding is disabled,
   the pre-trained W plus every active branch's low-rank path (the reference's way, kept for tests/benchmarks).
+
+``scales`` (None for every method but SD-LoRA, which trains the magnitudes of past tasks): per-task multipliers
+γ_s, shape (n,) or (n, n_targets); while set, forward is W x + Σ_{s<n} γ_s B_s A_s x with every branch unfolded
+(one low-rank product over all active branches), so gradients reach γ. ``fold`` ignores it.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .fastpath import linear
 
 TARGET_INDEX = {"q": 0, "k": 1, "v": 2}
 
@@ -45,6 +51,7 @@ class LoRAQKV(nn.Module):
         self.n_folded = 0
         self.active = 0  # number of task branches used by forward (set through the model)
         self.fold_enabled = True
+        self.scales: torch.Tensor | None = None  # per-task branch multipliers (SD-LoRA); None: plain sum
 
     @property
     def num_tasks(self) -> int:
@@ -86,19 +93,36 @@ class LoRAQKV(nn.Module):
         z = z.unflatten(-1, (len(self.targets), self.rank))
         return torch.einsum("...kr,kdr->...kd", z, self.B[s].to(x.dtype))
 
+    def _scaled_delta(self, x: torch.Tensor, n: int) -> torch.Tensor:
+        """Σ_{s<n} γ_s B_s A_s x per target, (..., n_targets, d_out): all branches in one low-rank product."""
+        k = len(self.targets)
+        coef = self.scales[:n].to(x.dtype).reshape(n, -1).expand(n, k)  # (n, n_targets)
+        a = torch.cat([self.A[s] for s in range(n)], dim=1).to(x.dtype)  # (n_targets, Σr, d_in)
+        b = torch.cat([self.B[s].to(x.dtype) * coef[s].view(k, 1, 1) for s in range(n)], dim=2)
+        z = F.linear(x, a.reshape(-1, self.in_features)).unflatten(-1, (k, a.shape[1]))
+        return torch.einsum("...kr,kdr->...kd", z, b)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n = self.active
+        if self.scales is not None and n > 0:  # trainable per-task magnitudes: W plus every branch, scaled
+            bias = None if self.base.bias is None else self.base.bias.to(x.dtype)
+            y = F.linear(x, self.base.weight.to(x.dtype), bias)
+            return self._add_delta(y, self._scaled_delta(x, n))
         if self.fold_enabled and self.n_folded <= n:
             weight, first = self.folded_weight, self.n_folded
         else:
             weight, first = self.base.weight, 0
-        y = F.linear(x, weight.to(x.dtype) if weight.dtype != x.dtype else weight,
-                     None if self.base.bias is None else self.base.bias.to(x.dtype))
+        y = linear(x, weight.to(x.dtype) if weight.dtype != x.dtype else weight,  # fused on CPU without autograd
+                   None if self.base.bias is None else self.base.bias.to(x.dtype))
         if first >= n:
             return y
         delta = self._branch(x, first)
         for s in range(first + 1, n):
             delta = delta + self._branch(x, s)
+        return self._add_delta(y, delta)
+
+    def _add_delta(self, y: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+        """y (..., 3·d_out) plus each target's delta (..., n_targets, d_out) on its q/k/v slice."""
         y3 = y.unflatten(-1, (3, self.head_out))
         if self.target_index == list(range(self.target_index[0], self.target_index[-1] + 1)):
             lo, hi = self.target_index[0], self.target_index[-1] + 1

@@ -1,0 +1,21 @@
+"""`joint`: the non-incremental upper bound: one LoRA and one head trained on every class at once.
+
+The engine reads :attr:`Method.single_task` and cuts the dataset into a single task holding all classes (the
+run's class order is kept; ``scenario.init_cls``/``increment`` are ignored), so this is plain LoRA fine-tuning
+with the same budget as the incremental runs (``train.epochs`` passes over every training image, the same
+optimiser and schedule). ``results.json`` then has ``num_tasks`` 1 and a 1×1 accuracy matrix; classifier
+alignment does nothing (it only runs from the second task on), the single head sees every class.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from .base import Method, register_method
+
+
+@register_method
+class Joint(Method):
+    name = "joint"
+    summary = "upper bound: one LoRA and one head trained on all classes at once (one task, same epochs)"
+    single_task: ClassVar[bool] = True

@@ -1,0 +1,236 @@
+"""Bad inputs (config, data, weights, checkpoints) through the CLI: a clear `error: ...`, a non-zero exit, no
+traceback; crafted pickles are refused without running. The README's table of bad inputs lists these tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import read_results, run_cli
+from sr2lora.checkpoint import CKPT_DIR
+
+RUN = ("run", "--preset", "smoke", "--quiet")
+FAST = ("train.epochs=1", "ca.epochs=1")
+
+
+def fails(capsys, *args, code: int = 2) -> str:
+    """Run the CLI, expect exit ``code`` and an `error:` line without a traceback; return stderr."""
+    rc = run_cli(*args)
+    captured = capsys.readouterr()
+    assert rc == code, captured.err
+    assert "Traceback" not in captured.err and "Traceback" not in captured.out
+    assert captured.err.startswith("error: "), captured.err
+    return captured.err
+
+
+class Exploit:
+    """Unpickling this runs `touch MARKER`: what a malicious checkpoint or weights file would do."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+# ------------------------------------------------------------------------------------------------ config
+CONFIG_CASES = {
+    "unknown-key": (["train.epoch=3"], "unknown config key 'train.epoch'; did you mean train.epochs?"),
+    "wrong-type": (["train.epochs=many"], "train.epochs: expected an integer, got 'many'"),
+    "non-finite": (["method.weight=.inf"], "method.weight: expected a finite number, got inf"),
+    "scenario-does-not-divide": (["scenario.increment=3"], "cannot cover the dataset's 20 classes"),
+    "more-classes-than-dataset": (["scenario.init_cls=30"], "scenario.init_cls: 30 is more than the dataset's 20"),
+    "rank-zero": (["model.rank=0"], "model.rank: must be a positive integer, got 0"),
+    "lora-target": (["model.lora_targets=[q, o]"], "model.lora_targets: expected a non-empty subset of [q, k, v]"),
+}
+
+
+@pytest.mark.parametrize("case", list(CONFIG_CASES))
+def test_bad_config_fails_before_any_work(tmp_path, capsys, case):
+    overrides, message = CONFIG_CASES[case]
+    out = tmp_path / "run"
+    err = fails(capsys, *RUN, "--out", out, *overrides)
+    assert message in err
+    assert not out.exists(), "nothing may be created before the config is valid"
+
+
+def test_missing_data_folder(tmp_path, capsys):
+    out, missing = tmp_path / "run", tmp_path / "no-such-images"
+    err = fails(capsys, *RUN, "--out", out, "data.dataset=folder", f"data.root={missing}")
+    assert f"data.root: {missing} does not exist" in err
+    assert not out.exists()
+
+
+def test_output_folder_not_writable(tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    err = fails(capsys, *RUN, "--out", blocker / "run")
+    assert f"output folder {blocker / 'run'}: cannot create or write it" in err
+
+
+# ------------------------------------------------------------------------------------------------ data
+def image_folder(root: Path, per_class: dict[str, int], corrupt: dict[str, int] | None = None) -> Path:
+    """root/<class>/*.png: plain colour images (32 px) and, per class, some files that are not images."""
+    rng = np.random.default_rng(0)
+    for k, (name, n) in enumerate(sorted(per_class.items())):
+        (root / name).mkdir(parents=True)
+        colour = np.array([60 * k % 256, 255 - 60 * k % 256, 90 * k % 256])
+        for i in range(n):
+            pixels = np.clip(colour + rng.normal(0, 20, (32, 32, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(root / name / f"img{i:02d}.png")
+        for i in range((corrupt or {}).get(name, 0)):
+            (root / name / f"broken{i:02d}.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"not really an image" * 3)
+    return root
+
+
+def folder_args(root: Path) -> tuple[str, ...]:
+    return ("data.dataset=folder", f"data.root={root}", "scenario.init_cls=2", "scenario.increment=2", *FAST)
+
+
+FOUR = {"a": 6, "b": 6, "c": 6, "d": 6}
+
+
+def test_corrupt_images_are_listed_and_fail_by_default(tmp_path, capsys):
+    root = image_folder(tmp_path / "images", FOUR, corrupt={"a": 3, "b": 3, "c": 3, "d": 3})
+    err = fails(capsys, *RUN, "--out", tmp_path / "run", *folder_args(root))
+    assert "12 image file(s) cannot be read" in err and "... and 2 more" in err
+    assert err.count("broken") == 10 and str(root / "a" / "broken00.png") in err
+    assert "data.skip_bad=true" in err
+
+
+def test_corrupt_images_skipped_with_skip_bad(tmp_path, capsys):
+    root = image_folder(tmp_path / "images", FOUR, corrupt={"b": 1, "d": 1})
+    out = tmp_path / "run"
+    with pytest.warns(UserWarning, match="skipped 2 unreadable image file"):
+        assert run_cli(*RUN, "--out", out, *folder_args(root), "data.skip_bad=true") == 0
+    assert "Traceback" not in capsys.readouterr().err
+    skipped = read_results(out)["skipped_files"]
+    assert sorted(skipped) == [str(root / "b" / "broken00.png"), str(root / "d" / "broken00.png")]
+
+
+def test_class_with_one_training_image_gets_the_fallback_and_a_named_warning(tmp_path, capsys):
+    root = image_folder(tmp_path / "images", {"a": 6, "b": 6, "c": 6, "lonely": 2})  # 1 train + 1 test image
+    out = tmp_path / "run"
+    with pytest.warns(UserWarning, match=r"\('lonely'\) has 1 training sample"):
+        assert run_cli(*RUN, "--out", out, *folder_args(root)) == 0
+    r = read_results(out)
+    assert len(r["fallback_classes"]) == 1 and r["class_names"][r["fallback_classes"][0]] == "lonely"
+
+
+@pytest.mark.parametrize("epochs, message", [(3, "non-finite loss"), (1, "non-finite features")])
+def test_divergence_names_the_files(tmp_path, capsys, epochs, message):
+    """train.lr=1e30: with several steps the loss turns NaN; after a single step the features do."""
+    root = image_folder(tmp_path / "images", FOUR)
+    err = fails(capsys, *RUN, "--out", tmp_path / "run", *folder_args(root), "train.lr=1.0e+30",
+                f"train.epochs={epochs}")
+    assert message in err and "Lower train.lr" in err
+    assert str(root / "a") in err or str(root / "b") in err, "the batch's files are named"
+
+
+# ------------------------------------------------------------------------------------------------ weights
+def test_missing_weights_file(tmp_path, capsys):
+    err = fails(capsys, *RUN, "--out", tmp_path / "run", f"model.pretrained={tmp_path / 'vit.safetensors'}")
+    assert f"weights file {tmp_path / 'vit.safetensors'} not found" in err
+
+
+def test_crafted_pickle_weights_are_refused_without_running(tmp_path, capsys):
+    marker = tmp_path / "EXECUTED"
+    # Control: the payload is live, plain unpickling would run it.
+    pickle.loads(pickle.dumps(Exploit(tmp_path / "control")))
+    assert (tmp_path / "control").exists()
+
+    pth = tmp_path / "vit.pth"
+    torch.save({"pos_embed": torch.zeros(1), "payload": Exploit(marker)}, pth)
+    err = fails(capsys, *RUN, "--out", tmp_path / "run1", f"model.pretrained={pth}")
+    assert f"refused to load {pth}" in err and "posix.system" in err and "nothing in it was executed" in err
+
+    fake = tmp_path / "vit.safetensors"
+    fake.write_bytes(pickle.dumps(Exploit(marker)))
+    err = fails(capsys, *RUN, "--out", tmp_path / "run2", f"model.pretrained={fake}")
+    assert f"{fake} is not a valid safetensors file" in err
+    assert not marker.exists()
+
+
+def test_torch_weights_file_loads_safely(tmp_path):
+    """A plain .pth (wrapped in state_dict, DataParallel prefix) still loads, through weights_only=True."""
+    from sr2lora.models.backbone import create_vit
+
+    kwargs = {"patch_size": 8, "embed_dim": 64, "depth": 2, "num_heads": 4}
+    ref = create_vit("vit_small_patch16_224", False, img_size=32, timm_kwargs=kwargs)
+    sd = {f"module.{k}": v + 1 for k, v in ref.state_dict().items()}
+    torch.save({"state_dict": sd, "epoch": 3}, tmp_path / "w.pth")
+    vit = create_vit("vit_small_patch16_224", str(tmp_path / "w.pth"), img_size=32, timm_kwargs=kwargs)
+    assert torch.equal(vit.state_dict()["blocks.0.attn.qkv.weight"], sd["module.blocks.0.attn.qkv.weight"])
+    assert "state_dict" not in vit.pretrained_cfg
+
+
+# ------------------------------------------------------------------------------------------------ checkpoints
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("finished") / "run"
+    assert run_cli(*RUN, "--out", out, *FAST) == 0
+    return out
+
+
+def unfinished_copy(finished_run: Path, dst: Path) -> Path:
+    """A run folder as left by a crash: checkpoint and config, no results.json."""
+    shutil.copytree(finished_run, dst)
+    (dst / "results.json").unlink()
+    return dst
+
+
+def test_crafted_pickle_checkpoint_is_refused_without_running(tmp_path, finished_run, capsys):
+    run = unfinished_copy(finished_run, tmp_path / "run")
+    marker = tmp_path / "EXECUTED"
+    (run / CKPT_DIR / "model.safetensors").write_bytes(pickle.dumps(Exploit(marker)))
+    err = fails(capsys, "run", "--resume", run, "--quiet")
+    assert "model.safetensors: not a valid safetensors file" in err and "the checkpoint is damaged" in err
+    assert not marker.exists()
+
+
+def test_resume_refuses_an_edited_config(tmp_path, finished_run, capsys):
+    run = unfinished_copy(finished_run, tmp_path / "run")
+    cfg = run / "config.yaml"
+    cfg.write_text(cfg.read_text().replace("seed: 1993", "seed: 7"))
+    err = fails(capsys, "run", "--resume", run, "--quiet")
+    assert f"{cfg} was changed after the checkpoint was written" in err
+
+
+def test_resume_refuses_a_damaged_state(tmp_path, finished_run, capsys):
+    run = unfinished_copy(finished_run, tmp_path / "run")
+    (run / CKPT_DIR / "state.json").write_text('{"task": 2, "matr')
+    err = fails(capsys, "run", "--resume", run, "--quiet")
+    assert "state.json: unreadable checkpoint state" in err
+
+
+def test_resume_refuses_experiment_changing_overrides(tmp_path, finished_run, capsys):
+    run = unfinished_copy(finished_run, tmp_path / "run")
+    err = fails(capsys, "run", "--resume", run, "--quiet", "model.rank=8")
+    assert "overrides would change the experiment (model.rank)" in err
+
+
+def test_resume_of_a_folder_that_is_not_a_run(tmp_path, capsys):
+    (tmp_path / "photos").mkdir()
+    err = fails(capsys, "run", "--resume", tmp_path / "photos")
+    assert f"--resume {tmp_path / 'photos'}: not a run folder (no config.yaml)" in err
+
+
+def test_resume_of_a_finished_run_says_so(finished_run, capsys):
+    before = (finished_run / "results.json").read_bytes()
+    assert run_cli("run", "--resume", finished_run, "--quiet") == 0
+    assert "the run is finished (results.json exists); nothing to resume" in capsys.readouterr().out
+    assert (finished_run / "results.json").read_bytes() == before
+
+
+def test_out_folder_holding_a_run_is_not_overwritten(finished_run, capsys):
+    err = fails(capsys, *RUN, "--out", finished_run)
+    assert "already holds a run" in err
+    assert json.loads((finished_run / "results.json").read_text())["num_tasks"] == 5
