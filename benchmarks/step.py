@@ -8,12 +8,15 @@ times each; the table gives the median.
 - ``sr2lora``: the same plus the previous model's forward (folded weight only, no autograd) and a batch of L×L
   symmetric eigenvalue problems.
 - ``naive``: SR²-LoRA as the reference computes it: every forward sums all task branches (no folding,
-  ``set_folding(False)``) and the previous-model pass runs with autograd on (a graph built and never used).
+  ``set_folding(False)``), every block runs in full, the previous model recomputes the stem, and its pass runs
+  with autograd on over past branches that still require grad (a graph built and never used; their gradients
+  are computed and never applied).
 
 Peak memory: on CUDA ``torch.cuda.max_memory_allocated`` around each variant's steps; on CPU each variant runs in
 a fresh subprocess (``--child VARIANT``) that reports ``ru_maxrss`` (the process's peak RSS) and the step's
-increment over the RSS right before its step loop (measured with the kernel's peak-RSS counter reset there,
-``/proc/self/clear_refs``, so model loading does not hide the step's peak). Memory ratios use the increment.
+increment over the RSS right before its step loop (after one warm-up step; the kernel's peak-RSS counter is reset
+there, ``/proc/self/clear_refs``, so model loading does not hide the step's peak, and glibc is told to map every
+allocation ≥ 64 KiB separately so RSS follows live tensors). Memory ratios use the increment.
 
     python benchmarks/step.py --backbone imgfocus --img-size 112 --batch 32 --repeats 7
     python benchmarks/step.py --quick            # micro ViT, seconds (make bench)
@@ -115,22 +118,28 @@ class Variant:
         self.opt = torch.optim.Adam(params, lr=1e-5)
         self.params = params
         self.cls_only = model.cls_only_last
+        # The reference's past branches are parameters that still require grad (only the optimiser leaves them
+        # out), so its previous-model pass records a graph; the naive step does the same.
+        self.past = [p for s in range(bench.task) for p in model.lora_parameters(s)] if self.old_grad else []
 
-    def step(self) -> float:
+    def step(self) -> tuple[float, float]:
+        """One training step: (wall seconds, process CPU seconds)."""
         b = self.bench
         b.model.set_folding(self.fold)
         b.model.cls_only_last = self.fold and self.cls_only  # the reference runs every block in full
         for p in b.model.parameters():
             p.requires_grad_(False)
-        for p in self.params:
+        for p in self.params + self.past:
             p.requires_grad_(True)
+        for p in self.past:
+            p.grad = None
         sync(b.device)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         loss, _, _ = training_step(b.model, self.method, self.ctx, self.opt, b.x, b.y, b.offset,
                                    autocast=b.autocast, old_grad=self.old_grad)
         float(loss)
         sync(b.device)
-        return time.perf_counter() - t0
+        return time.perf_counter() - t0, time.process_time() - c0
 
 
 def sync(device: torch.device) -> None:
@@ -167,6 +176,7 @@ def child(args: argparse.Namespace) -> None:
     """CPU memory of one variant in this fresh process: prints one JSON line."""
     bench = build_bench(args)
     v = Variant(args.child, bench)
+    v.step()  # one-time allocations (kernel JIT caches, LAPACK workspaces, optimiser state) are not the step's
     rss_before = _rss_mb()
     reset = _reset_peak_rss()
     for _ in range(max(2, args.mem_steps)):
@@ -181,7 +191,10 @@ def cpu_memory(args: argparse.Namespace, argv: list[str]) -> dict[str, dict]:
     out = {}
     for name in args.variants:
         cmd = [sys.executable, __file__, *argv, "--child", name]
-        res = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        # Every allocation of 64 KiB or more is its own mapping, returned to the system when freed, so RSS follows
+        # the live tensors instead of what glibc keeps cached.
+        env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
+        res = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
         if res.returncode != 0:
             raise RuntimeError(f"memory child {name} failed:\n{res.stderr[-3000:]}")
         out[name] = json.loads(res.stdout.strip().splitlines()[-1])
@@ -227,8 +240,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.img_size is None:
         args.img_size = {"micro": 32, "imgfocus": 112}.get(args.backbone, 224)
-    if args.quick:
-        args.repeats, args.warmup = min(args.repeats, 5), min(args.warmup, 1)
+    if args.quick:  # the micro ViT's steps take milliseconds: more repeats cost nothing and steady the median
+        args.repeats = 31 if args.backbone == "micro" else min(args.repeats, 5)
+        args.warmup = min(args.warmup, 1)
     args.variants = [v for v in args.variants.split(",") if v]
     bad = [v for v in args.variants if v not in VARIANTS]
     if bad:
@@ -258,25 +272,35 @@ def main(argv: list[str] | None = None) -> dict:
         for v in variants.values():
             v.step()
     times: dict[str, list[float]] = {name: [] for name in variants}
+    cpu: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(args.repeats):
         for name, v in variants.items():
-            times[name].append(v.step())
+            wall, c = v.step()
+            times[name].append(wall)
+            cpu[name].append(c)
     if device.type == "cuda" and not args.no_memory:
         memory = cuda_memory(bench, variants, args.mem_steps)
     rows = {}
     for name in variants:
         med = statistics.median(times[name])
-        rows[name] = {"median_s": med, "times_s": times[name], "images_per_s": args.batch / med,
+        rows[name] = {"median_s": med, "min_s": min(times[name]), "cpu_median_s": statistics.median(cpu[name]),
+                      "times_s": times[name], "cpu_s": cpu[name], "images_per_s": args.batch / med,
                       **{k: v for k, v in memory.get(name, {}).items() if k != "variant"}}
     med = {n: r["median_s"] for n, r in rows.items()}
+    fastest = {n: r["min_s"] for n, r in rows.items()}
+    cpu_med = {n: r["cpu_median_s"] for n, r in rows.items()}
     mem = {n: r.get("step_mb") for n, r in rows.items()}
     tot_key = "peak_alloc_mb" if device.type == "cuda" else "peak_rss_mb"
     tot = {n: r.get(tot_key) for n, r in rows.items()}
     ratios = {
         "sr2lora/seqlora": {"time": _ratio(med.get("sr2lora"), med.get("seqlora")),
+                            "time_min": _ratio(fastest.get("sr2lora"), fastest.get("seqlora")),
+                            "cpu_time": _ratio(cpu_med.get("sr2lora"), cpu_med.get("seqlora")),
                             "memory": _ratio(mem.get("sr2lora"), mem.get("seqlora")),
                             "memory_total": _ratio(tot.get("sr2lora"), tot.get("seqlora"))},
         "naive/sr2lora": {"time": _ratio(med.get("naive"), med.get("sr2lora")),
+                          "time_min": _ratio(fastest.get("naive"), fastest.get("sr2lora")),
+                          "cpu_time": _ratio(cpu_med.get("naive"), cpu_med.get("sr2lora")),
                           "memory": _ratio(mem.get("naive"), mem.get("sr2lora")),
                           "memory_total": _ratio(tot.get("naive"), tot.get("sr2lora"))},
     }
@@ -305,13 +329,13 @@ def print_table(r: dict, tot_key: str) -> None:
     print(f"{r['backbone']} @ {r['img_size']} px, batch {r['batch']}, task index {r['task_index']}, "
           f"{r['precision']}{' compiled' if r['compile'] else ''}, {r['device']} ({r['threads']} threads), "
           f"median of {r['repeats']}")
-    print(f"{'variant':10s} {'step s':>8s} {'img/s':>8s} {'step MB':>9s} {'peak MB':>9s}")
+    print(f"{'variant':10s} {'step s':>8s} {'min s':>8s} {'cpu s':>8s} {'img/s':>8s} {'step MB':>9s} {'peak MB':>9s}")
     for name, row in r["variants"].items():
-        print(f"{name:10s} {row['median_s']:8.3f} {row['images_per_s']:8.1f} {_fmt(row.get('step_mb'), '9.0f')} "
-              f"{_fmt(row.get(tot_key), '9.0f')}")
+        print(f"{name:10s} {row['median_s']:8.3f} {row['min_s']:8.3f} {row['cpu_median_s']:8.3f} "
+              f"{row['images_per_s']:8.1f} {_fmt(row.get('step_mb'), '9.0f')} {_fmt(row.get(tot_key), '9.0f')}")
     for key, v in r["ratios"].items():
-        print(f"{key:16s} time {_fmt(v['time'], '.3f')}  memory {_fmt(v['memory'], '.3f')} "
-              f"(total {_fmt(v['memory_total'], '.3f')})")
+        print(f"{key:16s} time {_fmt(v['time'], '.3f')} (min {_fmt(v['time_min'], '.3f')}, cpu "
+              f"{_fmt(v['cpu_time'], '.3f')})  memory {_fmt(v['memory'], '.3f')} (total {_fmt(v['memory_total'], '.3f')})")
 
 
 if __name__ == "__main__":

@@ -124,7 +124,13 @@ def load_run(run_dir: str | Path, task: int | None = None, device: str | torch.d
     if not 0 <= t <= last:
         raise CheckpointError(f"task {task}: out of range; the run has tasks 0..{last} (0-based)")
     offsets = [int(o) for o in results["task_offsets"]]
-    uses_lora = get_method_class(cfg.method.name).uses_lora
+    method_cls = get_method_class(cfg.method.name)
+    uses_lora = method_cls.uses_lora
+    if t < last and method_cls.rewrites_past:
+        raise CheckpointError(
+            f"task {t}: {cfg.method.name} rescales past tasks' LoRA while later tasks train, so the run "
+            f"keeps only the final model (task {last}); the model as after task {t} cannot be rebuilt"
+        )
 
     # Exactly the engine's construction: seed, then build (the seeded random init is the smoke backbone).
     with torch.random.fork_rng(devices=[]):

@@ -55,7 +55,7 @@ def check_data_paths(cfg: RunConfig) -> None:
         root = Path(d.root).expanduser()
         if not root.exists() and not (d.download and d.dataset == "cifar100"):
             raise DataError(
-                f"data.root: {root} does not exist (dataset {d.dataset}); point data.root at the dataset folder"
+                f"data.root: {root} does not exist (data.dataset={d.dataset}); point data.root at the dataset's folder"
             )
     if d.split_file and not Path(d.split_file).expanduser().is_file():
         raise DataError(f"data.split_file: {Path(d.split_file).expanduser()} is not a file")

@@ -45,6 +45,7 @@ class Method:
     needs_old: ClassVar[bool] = False  # True: the engine runs the previous model on each batch (no grad)
     needs_layers: ClassVar[bool] = False  # True: per-layer [CLS] features are needed (new and old)
     single_task: ClassVar[bool] = False  # True: the engine runs one task holding every class (joint bound)
+    rewrites_past: ClassVar[bool] = False  # True: later tasks rescale past LoRA (only final model reloads)
 
     def __init__(self, options: Any, weight: float = 1.0) -> None:
         self.options = options

@@ -1,42 +1,45 @@
 """`inflora`: InfLoRA, interference-free low-rank adaptation (Liang & Li, CVPR 2024, arXiv 2404.00228).
 
 Each task t gets its own LoRA branch B_t A_t on the adapted qkv slices, but the down-projection A_t (r × d) is
-*designed before training and never trained*; only B_t (zeros at start) and the task's head learn. A_t is built
-so that the update B_t A_t acts only on input directions that past tasks did not use (paper §4.2–4.3):
+*designed before training and never trained*; only B_t (zeros at start) and the task's head learn. A_t is
+built so that the update B_t A_t acts only on input directions that past tasks did not use (paper §4; the
+paper writes the branch as A_t B_t with B_t the fixed "dimensionality reduction" matrix and A_t the trained
+one — here A is the down-projection, as everywhere in sr2lora):
 
-1. Representation matrix (per adapted layer l, paper §4.2): the inputs h of layer l's qkv Linear on the task's
-   training images, all tokens, with the model as it is (branches < t; branch t is still zero), collected with
-   forward pre-hooks under no_grad. We keep its second moment C_t = (1/N) Σ h hᵀ (d × d), as the authors' code
-   does (``cur_matrix``); C_t's eigenvalues are the squared singular values of H_t / √N.
-2. Design of A_t (paper Eq. 10–11): with M_t an orthonormal basis of the past tasks' input subspace and Q_t one of
-   its orthogonal complement, A_t's rows are the top-r eigenvectors of the projected representation
-   Ĥ_t Ĥ_tᵀ = P C_t P, P = I − M_t M_tᵀ = Q_t Q_tᵀ. We diagonalise Q_tᵀ C_t Q_t and map the eigenvectors back
-   with Q_t, so every row lies in span(Q_t) exactly (to float64 precision): A_t M_t = 0. Rows are scaled by
-   ``a_scale`` (1/√3 in the authors' code). When fewer than r free directions remain, the extra rows are zero.
-   One A_t per layer is shared by every adapted target (k and v by default): they read the same input h, and
-   the authors' code copies the same matrix into ``lora_A_k`` and ``lora_A_v``.
-3. Subspace memory update after training task t (DualGPM, Liang & Li 2023, used as InfLoRA §4.3 says): the
+1. Representation matrix (per adapted layer l): the inputs h of layer l's qkv Linear on the task's training
+   images, all tokens, with the model as it is (branches < t; branch t is still zero), collected with forward
+   pre-hooks under no_grad. We keep its second moment C_t = (1/N) Σ h hᵀ (d × d), as the authors' code does
+   (``cur_matrix``); C_t's eigenvalues are the squared singular values of H_t / √N.
+2. Design of A_t: with M_t an orthonormal basis of the past tasks' input subspace and Q_t one of its
+   orthogonal complement, A_t's rows are the top-r left singular vectors of the projected representation Ĥ_t =
+   (I − M_t M_tᵀ) H_t, i.e. the top-r eigenvectors of P C_t P, P = I − M_t M_tᵀ = Q_t Q_tᵀ. We diagonalise
+   Q_tᵀ C_t Q_t and map the eigenvectors back with Q_t, so every row lies in span(Q_t) exactly (to float64
+   precision): A_t M_t = 0. Rows are scaled by ``a_scale`` (1/√3 in the authors' code). When fewer than r free
+   directions remain, the extra rows are zero. One A_t per layer is shared by every adapted target (k and v by
+   default): they read the same input h, and the authors' code copies the same matrix into ``lora_A_k`` and
+   ``lora_A_v``.
+3. Subspace memory update after training task t (DualGPM, Liang & Li 2023, which InfLoRA uses for M_t): the
    representation C_t of the *trained* model (branches ≤ t) on the task's data is split into the part already
-   in M_t and the rest; directions of Q_tᵀ C_t Q_t (largest eigenvalue first) are added to M_t until the energy
-   of C_t captured by M_{t+1} reaches ε_t: with λ_i the eigenvalues of C_t and λ̂_i those of Q_tᵀ C_t Q_t,
-   E = Σ λ_i^p, the smallest k with (E − Σ λ̂_i^p + Σ_{i≤k} λ̂_i^p) / E ≥ ε_t (GPM Eq. 5/9 criterion).
-   p = ``energy_power``: 1 is the paper's Σσ² of the representation matrix; 2 is what the authors' code
-   computes (it takes singular values of C_t itself and squares them, i.e. σ⁴).
+   in M_t and the rest; directions of Q_tᵀ C_t Q_t (largest eigenvalue first) are added to M_t until the
+   energy of C_t captured by M_{t+1} reaches ε_t: with λ_i the eigenvalues of C_t and λ̂_i those of
+   Q_tᵀ C_t Q_t, E = Σ λ_i^p, the smallest k with (E − Σ λ̂_i^p + Σ_{i≤k} λ̂_i^p) / E ≥ ε_t (GPM's energy
+   criterion). p = ``energy_power``: 1 is the paper's Σσ² of the representation matrix; 2 is what the
+   authors' code computes (it takes singular values of C_t itself and squares them, i.e. σ⁴).
    Threshold schedule (authors' code, ``update_DualGPM``): ε_t = ε_start + (ε_end − ε_start)·t/T for task t
-   (0-based) of T; defaults 0.95 → 1.0 (their CIFAR-100 / DomainNet configs; ImageNet-R uses 0.98 → 1.0).
-   DualGPM storage: a layer keeps M_t while dim M_t ≤ d/2, else its complement Q_t (``retain``); this is
-   only a cheaper representation of the same subspace.
+   (0-based) of T; defaults 0.95 → 1.0 (their CIFAR-100 and DomainNet configs; ImageNet-R uses 0.98 → 1.0).
+   DualGPM storage: a layer keeps M_t while dim M_t ≤ d/2, else its complement Q_t (``retain``); this is only
+   a cheaper representation of the same subspace.
 
-State across tasks (checkpointed through ``state_tensors``): per layer, the stored basis (float64) and whether it
-is M or Q. Past A_s and B_s are ordinary LoRA factors in the model checkpoint.
+State across tasks (checkpointed through ``state_tensors``): per layer, the stored basis (float64) and whether
+it is M or Q. Past A_s and B_s are ordinary LoRA factors in the model checkpoint.
 
-Knowing deviations from the authors' code: the first-task energy criterion is the same "smallest k reaching
-ε" as later tasks (the code's first task takes one direction fewer); a layer whose memory exceeds d/2 after
-the *first* task is stored as its complement correctly (the code stores the kept directions there); no
-directions with zero energy are ever added; representation matrices use every image of the task by default
-(``samples`` caps it) with the run's train augmentation, as the code does with its train loader. The shared
-engine adds classifier alignment and per-task heads for every method (the code evaluates InfLoRA without CA;
-its ``InfLoRA_CA`` variant uses it).
+Known deviations from the authors' code (github.com/liangyanshuo/InfLoRA): the first-task energy criterion is
+the same "smallest k reaching ε" as later tasks (the code's first task takes one direction fewer); a layer
+whose memory exceeds d/2 after the *first* task is stored as its complement correctly (the code stores the
+kept directions there); no directions with zero energy are ever added; representation matrices use every image
+of the task by default (``samples`` caps it) with the run's train augmentation, as the code does with its
+train loader. The shared engine adds classifier alignment after every task for every method (the authors'
+``inflora.py`` has none).
 """
 
 from __future__ import annotations
@@ -60,7 +63,7 @@ class InfLoRAOptions:
 
 
 def orthogonal_complement(basis: torch.Tensor) -> torch.Tensor:
-    """An orthonormal basis (d × (d − k)) of the complement of span(basis) for an orthonormal d × k ``basis``."""
+    """An orthonormal basis (d × (d − k)) of span(basis)'s complement, for an orthonormal d × k ``basis``."""
     d, k = basis.shape
     if k == 0:
         return torch.eye(d, dtype=basis.dtype, device=basis.device)
@@ -90,7 +93,9 @@ def design_down_projection(cov: torch.Tensor, free: torch.Tensor, rank: int) -> 
     return out
 
 
-def grow_memory(cov: torch.Tensor, free: torch.Tensor, eps: float, power: int = 1) -> tuple[torch.Tensor, int]:
+def grow_memory(
+    cov: torch.Tensor, free: torch.Tensor, eps: float, power: int = 1
+) -> tuple[torch.Tensor, int]:
     """(free basis after the task, directions added): add the free directions of ``cov`` with the most energy
     to the past subspace until it holds a fraction ``eps`` of cov's energy (the GPM/DualGPM criterion)."""
     lam, _ = _sorted_eigh(cov)
@@ -110,8 +115,8 @@ def grow_memory(cov: torch.Tensor, free: torch.Tensor, eps: float, power: int = 
 
 @torch.no_grad()
 def representation_matrices(ctx: TaskContext, tasks: int, samples: int = 0) -> list[torch.Tensor]:
-    """Per adapted layer, (1/N) Σ h hᵀ over every token of the task's training images (float64, CPU), where h is
-    the input of the layer's qkv Linear in the model with LoRA branches 0..tasks−1."""
+    """Per adapted layer, (1/N) Σ h hᵀ over every token of the task's training images (float64, CPU), h
+    being the input of the layer's qkv Linear in the model with LoRA branches 0..tasks−1."""
     model = ctx.model
     d = model.loras[0].in_features
     sums = [torch.zeros(d, d, dtype=torch.float64) for _ in model.loras]
@@ -150,7 +155,7 @@ def representation_matrices(ctx: TaskContext, tasks: int, samples: int = 0) -> l
 @register_method
 class InfLoRA(Method):
     name = "inflora"
-    summary = "per-task LoRA whose A_t is fixed orthogonal to past tasks' input subspace (DualGPM); B_t trained"
+    summary = "per-task LoRA, A_t fixed orthogonal to past tasks' input subspace (DualGPM), only B_t trained"
     Options: ClassVar[type] = InfLoRAOptions
 
     def __init__(self, options: InfLoRAOptions, weight: float = 1.0) -> None:
@@ -166,7 +171,9 @@ class InfLoRA(Method):
         if o.a_scale <= 0:
             raise ConfigError(f"method.a_scale: must be positive, got {o.a_scale}")
         if o.energy_power not in (1, 2):
-            raise ConfigError(f"method.energy_power: expected 1 (paper) or 2 (authors' code), got {o.energy_power}")
+            raise ConfigError(
+                f"method.energy_power: expected 1 (paper) or 2 (authors' code), got {o.energy_power}"
+            )
         self.bases: list[torch.Tensor] = []  # per layer: orthonormal basis of M (retain False) or of Q (True)
         self.retain: list[bool] = []
         self.added: list[list[int]] = []  # per task: directions added to each layer's memory (diagnostics)
@@ -204,7 +211,8 @@ class InfLoRA(Method):
         covs = representation_matrices(ctx, tasks=t, samples=self.options.samples)
         with torch.no_grad():
             for layer, lora in enumerate(model.loras):
-                a = design_down_projection(covs[layer], self.free_basis(layer), lora.rank) * self.options.a_scale
+                a = design_down_projection(covs[layer], self.free_basis(layer), lora.rank)
+                a = a * self.options.a_scale
                 lora.A[t].copy_(a.to(lora.A[t].dtype).unsqueeze(0).expand_as(lora.A[t]))
                 lora.A[t].requires_grad_(False)
 

@@ -1,37 +1,37 @@
-"""`sdlora`: SD-LoRA, scalable decoupled LoRA (Wu et al., ICLR 2025, arXiv 2501.13198), with its -RR and -KD variants.
+"""`sdlora`: SD-LoRA, scalable decoupled LoRA (Wu et al., ICLR 2025, arXiv 2501.13198), with -RR and -KD.
 
 Paper §3.2, Eq. 4: with M = {α_k} the magnitudes and W = {Ā_kB_k} the fixed directions of past tasks
 (X̄ = X / ‖X‖_F, per adapted projection), a layer computes during task t
 
     h' = (W_0 + α_1 Ā_1B_1 + … + α_{t−1} Ā_{t−1}B_{t−1} + α_t A_tB_t) x,
 
-where every α_k (k ≤ t) and the new pair (A_t, B_t) are learnable and the past directions are frozen; inference
-uses the final model (no task selection). §4.1: one set of magnitudes is shared by all projections (every layer,
-every adapted target), each with its own direction; magnitudes start at 1.
+where every α_k (k ≤ t) and the new pair (A_t, B_t) are learnable and the past directions are frozen;
+inference uses the final model (no task selection). §4.1: one set of magnitudes is shared by all projections
+(every layer, every adapted target), each with its own direction; magnitudes start at 1.
 
-How it is realised here. The model's LoRA factors always hold the *effective* update E_s = B_s A_s = α_s·D_s of
-each task, so folding, checkpoints, ``sr2lora export/predict`` and every engine path see plain LoRA. While task t
-trains, ``LoRAQKV.scales`` multiplies branch s by γ_s = α_s / α_s⁰, where α is one learnable vector (this
-method's parameter, given to the optimiser) and α_s⁰ its value at the start of the task (so γ = 1: the model
-starts as the previous model) — the direction D_s = E_s/α_s⁰ of a past branch is fixed, only its magnitude moves.
-A forward pre-hook on the model recomputes γ for every forward so gradients reach α. After the task, γ is baked
-into B_s (B_s ← γ_s B_s), ``scales`` is cleared and the weights are re-folded.
+How it is realised here. The model's LoRA factors always hold the *effective* update E_s = B_s A_s = α_s·D_s
+of each task, so folding, checkpoints, ``sr2lora export/predict`` and every engine path see plain LoRA. While
+task t trains, ``LoRAQKV.scales`` multiplies branch s by γ_s = α_s / α_s⁰, where α is one learnable vector
+(this method's parameter, given to the optimiser) and α_s⁰ its value at the start of the task (so γ = 1: the
+model starts as the previous model) — the direction D_s = E_s/α_s⁰ of a past branch is fixed, only its
+magnitude moves. A forward pre-hook on the model recomputes γ for every forward so gradients reach α. After
+the task, γ is baked into B_s (B_s ← γ_s B_s), ``scales`` is cleared and the weights are re-folded.
 
 The current task trains as α_t·B_tA_t without normalisation (B_t starts at zero, where Ā_tB_t is undefined),
 as the authors' code does. Its *handover* to a fixed direction happens at the start of task t+1 (the authors'
 code also renormalises only when it rebuilds the network for the next task, after evaluating task t):
-- ``handover=normalize`` (default, Eq. 4): each projection's update becomes α_t·Ā_tB_t, i.e. ‖E_t‖_F = |α_t| in
-  every layer and target (this changes the function, as in the authors' code);
-- ``handover=keep``: the trained update is kept as it is (continuous); the shared α_t then scales all its layers
-  together, each keeping the relative norm it learned.
+- ``handover=normalize`` (default, Eq. 4): each projection's update becomes α_t·Ā_tB_t, i.e. ‖E_t‖_F = |α_t|
+  in every layer and target (this changes the function, as in the authors' code);
+- ``handover=keep``: the trained update is kept as it is (continuous); the shared α_t then scales all its
+  layers together, each keeping the relative norm it learned.
 ``magnitudes=layer`` gives every (task, layer, target) its own α instead of one per task.
 
 Variants (§3.5, Algorithm 1):
 - SD-LoRA-RR (``rr_tasks``/``rr_ranks``, paper: μ=4, ν=8, r_μ=8, r_ν=6 with r_1=10; 0-based tasks as in the
-  authors' code): task t uses rank r_t = the rank of the last entry of ``rr_tasks`` ≤ t. Implemented by zeroing
-  and freezing (gradient mask) the trailing r − r_t components of A_t and B_t: the same function and the same
-  number of trained parameters as a rank-r_t pair, but the checkpoint keeps the padded shape (simplification:
-  storage is not reduced; resume and export stay layout-stable).
+  authors' code): task t uses rank r_t = the rank of the last entry of ``rr_tasks`` ≤ t. Implemented by
+  zeroing and freezing (gradient mask) the trailing r − r_t components of A_t and B_t: the same function and
+  the same number of trained parameters as a rank-r_t pair, but the checkpoint keeps the padded shape
+  (simplification: storage is not reduced; resume and export stay layout-stable).
 - SD-LoRA-KD (``kd_tau`` > 0, paper τ = 9·10⁻⁴): after task t, per layer and target, solve the least squares
   Eq. 7, min_β ‖Ā_tB_t − Σ_{k<t} β_k Ā_kB_k‖_F over the past directions; where the residual is ≤ τ, the new
   direction is absorbed: α_k ← α_k + α_t β_k (Eq. 8 writes α_k + Δα_k; the two agree for α_t = 1; ours keeps
@@ -39,7 +39,7 @@ Variants (§3.5, Algorithm 1):
   absorbed Δα are per (layer, target); they live in the per-layer scale of B_k, on top of the shared α_k. The
   zeroed slot keeps its shape in the checkpoint (simplification, as for RR).
 
-Knowing deviations from the authors' code (github.com/WuYichen-97/SD-Lora-CL): they normalise past branches by
+Known deviations from the authors' code (github.com/WuYichen-97/SD-Lora-CL): they normalise past branches by
 ‖B_k‖_F‖A_k‖_F rather than ‖B_kA_k‖_F (Eq. 3 of the paper), start magnitudes at 0.8 and re-initialise the past
 magnitudes when building each new task's network; we follow the paper's ‖B_kA_k‖_F and ones and carry the
 learned α_k over from task to task. They adapt q and v; we adapt ``model.lora_targets`` (k, v by default).
@@ -59,11 +59,11 @@ from .base import Method, TaskContext, register_method
 
 @dataclass
 class SDLoRAOptions:
-    magnitudes: str = "shared"  # shared: one α per task for all layers and targets (paper); layer: per projection
+    magnitudes: str = "shared"  # shared: one α per task for every layer and target (paper); layer: per both
     init_magnitude: float = 1.0  # α_t when task t starts (paper: ones; authors' code: 0.8)
     handover: str = "normalize"  # normalize: past update α·ĀB̄ per projection (Eq. 4); keep: as trained
-    rr_tasks: list[int] = field(default_factory=list)  # SD-LoRA-RR: 0-based tasks where the rank drops ([4, 8])
-    rr_ranks: list[int] = field(default_factory=list)  # ... to these ranks ([8, 6] in the paper, model.rank=10)
+    rr_tasks: list[int] = field(default_factory=list)  # SD-LoRA-RR: 0-based tasks where rank drops ([4, 8])
+    rr_ranks: list[int] = field(default_factory=list)  # ... to these ranks ([8, 6] in the paper, rank 10)
     kd_tau: float = 0.0  # SD-LoRA-KD: absorb where the least-squares residual ≤ τ (paper 9e-4); 0: off
 
 
@@ -91,6 +91,7 @@ class SDLoRA(Method):
     name = "sdlora"
     summary = "past LoRA directions fixed, their magnitudes and the new LoRA learnable (SD-LoRA, -RR, -KD)"
     Options: ClassVar[type] = SDLoRAOptions
+    rewrites_past: ClassVar[bool] = True  # past magnitudes move: only the final model can be reloaded
 
     def __init__(self, options: SDLoRAOptions, weight: float = 1.0) -> None:
         super().__init__(options, weight)
@@ -105,15 +106,15 @@ class SDLoRA(Method):
             raise ConfigError(f"method.init_magnitude: expected a finite number, got {o.init_magnitude}")
         if len(o.rr_tasks) != len(o.rr_ranks):
             raise ConfigError(
-                f"method.rr_tasks / method.rr_ranks: need one rank per step, got {o.rr_tasks} and {o.rr_ranks}"
+                f"method.rr_tasks / method.rr_ranks: one rank per step, got {o.rr_tasks} and {o.rr_ranks}"
             )
         if any(b <= a for a, b in zip(o.rr_tasks, o.rr_tasks[1:])) or any(t < 0 for t in o.rr_tasks):
             raise ConfigError(f"method.rr_tasks: expected increasing 0-based task indices, got {o.rr_tasks}")
         if any(r < 1 for r in o.rr_ranks):
             raise ConfigError(f"method.rr_ranks: ranks must be at least 1, got {o.rr_ranks}")
         if o.kd_tau < 0:
-            raise ConfigError(f"method.kd_tau: expected 0 (off) or a positive residual threshold, got {o.kd_tau}")
-        self.alpha = torch.zeros(0, dtype=torch.float64)  # learned magnitudes of finished tasks: (T,) or (T, L, K)
+            raise ConfigError(f"method.kd_tau: expected 0 (off) or a positive threshold, got {o.kd_tau}")
+        self.alpha = torch.zeros(0, dtype=torch.float64)  # magnitudes of finished tasks: (T,) or (T, L, K)
         self.handed = 0  # tasks 0..handed−1 have been handed over to fixed directions
         self.absorbed: list[list[list[bool]]] = []  # per task, layer, target: direction absorbed by KD
         self.param: nn.Parameter | None = None  # α of tasks 0..t while task t trains
@@ -211,6 +212,7 @@ class SDLoRA(Method):
         self.absorbed.append(absorbed)
         model.fold()
 
+    @torch.no_grad()
     def _distill(self, model: Any, t: int, absorbed: list[list[bool]]) -> None:
         """SD-LoRA-KD: where task t's direction is (nearly) a combination of past ones, fold it into their
         magnitudes and zero A_t, B_t there."""
@@ -246,4 +248,5 @@ class SDLoRA(Method):
         if "handed" in tensors:
             self.handed = int(tensors["handed"][0])
         if "absorbed" in tensors:
-            self.absorbed = [[[bool(v) for v in row] for row in task] for task in tensors["absorbed"].tolist()]
+            flags = tensors["absorbed"].tolist()
+            self.absorbed = [[[bool(v) for v in row] for row in task] for task in flags]

@@ -187,6 +187,19 @@ class CILModel(nn.Module):
         for lora in self.loras:
             lora.fold_enabled = enabled
 
+    def compile_backbone(self, **kwargs) -> None:
+        """``torch.compile`` the blocks' forward (``train.compile=true``); ``kwargs`` go to ``torch.compile``.
+
+        One graph per case (current/previous model, with/without autograd, task count), hence the raised
+        recompilation limit. Opt-in: on CPU it costs minutes of compilation (see benchmarks/step.py --compile).
+        """
+        import torch._dynamo
+
+        torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 256)
+        torch._dynamo.config.accumulated_cache_size_limit = max(
+            torch._dynamo.config.accumulated_cache_size_limit, 1024)
+        self._compiled_features = torch.compile(self.backbone_features, **kwargs)
+
     def task_parameters(self, t: int) -> list[nn.Parameter]:
         """Parameters owned by task t: its LoRA factors and its head."""
         params: list[nn.Parameter] = []
@@ -262,6 +275,7 @@ class CILModel(nn.Module):
         """
         n = self.num_tasks if tasks is None else tasks
         with self.active_tasks(n):
-            feature, per_layer = self.backbone_features(x, layers=layers, tokens=tokens)
+            features = getattr(self, "_compiled_features", None) or self.backbone_features
+            feature, per_layer = features(x, layers=layers, tokens=tokens)
         out_logits = self.heads(feature, upto=n if heads is None else heads) if logits else None
         return ForwardOut(feature=feature, layers=per_layer, logits=out_logits)

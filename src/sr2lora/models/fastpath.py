@@ -9,7 +9,8 @@ extraction, evaluation) cheaper than running timm's modules as they are:
 * Without autograd, on CPU in float32, :func:`linear` runs oneDNN's fused linear (``mkldnn::_linear_pointwise``,
   the kernel ``torch.compile`` picks on CPU): bias and GELU are applied inside the matmul instead of as separate
   passes over the output. Results equal ``F.linear`` (+ ``F.gelu``) to float32 rounding (~1e-6 relative).
-  Anywhere else (autograd on, CUDA, autocast, other dtypes, a build without oneDNN) it is ``F.linear``.
+  Anywhere else (autograd on, CUDA, autocast, other dtypes, under ``torch.compile``, a build without oneDNN) it
+  is ``F.linear``.
 
 :func:`supports` says whether a block is the plain timm ``Block``/``Attention``/``Mlp`` these functions
 reproduce; any other block runs its own ``forward``.
@@ -47,6 +48,7 @@ def _use_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
         and x.dtype == torch.float32
         and weight.dtype == torch.float32
         and not torch.is_autocast_enabled("cpu")
+        and not torch.compiler.is_compiling()  # inductor fuses F.linear + F.gelu itself
         and onednn_available()
     )
 
