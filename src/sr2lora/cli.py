@@ -91,6 +91,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         if not args.preset:
             raise UserError("run: give --preset NAME (see `sr2lora presets`) or --resume RUN_DIR")
         cfg = load_config(args.preset, args.overrides)
+        from .distributed import env_world_size
+
+        if not args.out and env_world_size() > 1:  # each rank would stamp its own default folder
+            raise UserError("run: a torchrun run needs --out RUN_DIR (the same folder for every process)")
         out = Path(args.out) if args.out else _default_out(cfg)
         if (out / "config.yaml").exists() or (out / "results.json").exists():
             raise UserError(
@@ -99,11 +103,14 @@ def cmd_run(args: argparse.Namespace) -> int:
             )
         results = _train(cfg, out, args.quiet, resume=False)
         run_dir = out
-    print(
-        f"{results['method']}: final accuracy {results['final_acc']:.2f}%, average {results['avg_acc']:.2f}%, "
-        f"forgetting {results['forgetting']:.2f}, plasticity {results['plasticity']:.2f} "
-        f"({results['num_tasks']} tasks, {results['seconds']:.0f}s) -> {run_dir}/results.json"
-    )
+    from .distributed import current
+
+    if current().is_main:  # torchrun: one summary, from rank 0
+        print(
+            f"{results['method']}: final accuracy {results['final_acc']:.2f}%, average {results['avg_acc']:.2f}%, "
+            f"forgetting {results['forgetting']:.2f}, plasticity {results['plasticity']:.2f} "
+            f"({results['num_tasks']} tasks, {results['seconds']:.0f}s) -> {run_dir}/results.json"
+        )
     return 0
 
 

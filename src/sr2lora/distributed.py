@@ -256,15 +256,9 @@ def evaluate_run(run_dir: str, out_json: str | None = None) -> dict:
     run = Path(run_dir)
     cfg = load_config(str(run / "config.yaml"))
     trainer = Trainer(cfg, run, progress=False)
-    trainer.out_dir = None  # never write into the run
-    from .checkpoint import load_checkpoint
-
-    loaded = load_checkpoint(run)
-    if loaded is None:
+    t = trainer.restore() - 1  # reads the checkpoint; nothing is written
+    if t < 0:
         raise RuntimeError(f"{run}: no checkpoint to evaluate")
-    trainer.out_dir = run
-    t = trainer.restore() - 1
-    trainer.out_dir = None
     pred, y = trainer.predict_eval(t)
     row, overall, counts = task_accuracies(pred == y, trainer.scenario.task_of_labels(y), t + 1)
     ctx = current()

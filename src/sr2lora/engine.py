@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from . import __version__
+from . import distributed as ddp
 from .alignment import ClassGaussians, align_classifier
 from .checkpoint import (
     CheckpointError,
@@ -156,8 +157,9 @@ def training_step(
     """One optimisation step of task ``ctx.task`` on (x, y): the step training runs (and the benchmarks time).
 
     The frozen stem once, then the forward of the current model (branches 0..t) and, when the method needs it,
-    of the previous model (branches 0..t−1, no autograd) from the same tokens, the task-local loss plus ``method.weight`` × the method's regulariser,
-    ``check(loss, ce, reg)`` (may raise), backward, ``grad_sync()`` (the distributed all-reduce), optimiser step.
+    of the previous model (branches 0..t−1, no autograd) from the same tokens; the task-local loss plus
+    ``method.weight`` × the method's regulariser, ``check(loss, ce, reg)`` (may raise), backward,
+    ``grad_sync()`` (the distributed all-reduce), optimiser step.
     ``old_grad=True`` is the reference's way (benchmarks only): the previous model recomputes the stem and
     builds an autograd graph that is never used.
     Returns (loss, ce, reg), detached.
@@ -168,7 +170,8 @@ def training_step(
         new = model(x, tasks=t + 1 if method.uses_lora else 0, heads=t + 1, layers=method.needs_layers,
                     logits=False, tokens=tokens)
         logits = model.heads.head_logits(new.feature, t)
-        ce = task_loss(logits, y - offset) if task_loss is not None else F.cross_entropy(logits.float(), y - offset)
+        target = y - offset
+        ce = task_loss(logits, target) if task_loss is not None else F.cross_entropy(logits.float(), target)
         old = None
         if method.needs_old and t > 0:
             with torch.set_grad_enabled(old_grad):
@@ -192,16 +195,22 @@ class Trainer:
     def __init__(self, cfg: RunConfig, out_dir: str | Path | None = None, progress: bool = True) -> None:
         self.cfg = cfg
         self.out_dir = Path(out_dir) if out_dir else None
-        self.progress = progress
         self.device = resolve_device(cfg.train.device)
         if cfg.train.threads > 0:
             torch.set_num_threads(cfg.train.threads)
         preflight(cfg, self.out_dir)  # cheap checks (scenario, paths, output folder) before any work
+        # torchrun: join the process group (after every rank's preflight, before rank 0 writes anything)
+        self.dist = ddp.init_from_env(self.device)
+        ddp.barrier(self.dist)
+        self.device = ddp.resolve_device(self.device, self.dist)
+        self.progress = progress and self.dist.is_main
         self.data = prepare_data(cfg)
         self.scenario = self.data.scenario
         self.method = create_method(cfg.method.name, cfg.method.options, cfg.method.weight)
         torch.manual_seed(task_seed(cfg.seed, -1))
         self.model = build_model(cfg, self.method.uses_lora).to(self.device)
+        if cfg.train.compile:
+            self.model.compile_backbone()
         mean_std = normalization(cfg.data.normalize, self._backbone_mean_std())
         d = cfg.data
         self.mean_std = mean_std
@@ -254,6 +263,13 @@ class Trainer:
         loader = self._loader(self.data.bundle.train, self.data.train_labels, idx, self.train_tf, True,
                               cfg.train.batch_size, task_seed(cfg.seed, t, 1))
         ctx = TaskContext(task=t, model=model, loader=loader, device=self.device, num_tasks=sc.num_tasks)
+        sampler = None
+        if self.dist.enabled:  # this rank's share of each epoch; hooks still see the whole task (ctx.loader)
+            view = TaskView(self.data.bundle.train, self.data.train_labels, idx, self.train_tf)
+            sampler = ddp.train_sampler(view, self.dist, task_seed(cfg.seed, t, 1))
+            loader = DataLoader(view, batch_size=ddp.per_rank_batch(cfg.train.batch_size, self.dist),
+                                sampler=sampler, num_workers=cfg.data.num_workers,
+                                pin_memory=self.device.type == "cuda")
         method.before_task(ctx)
         params = [p for p in method.trainable_parameters(ctx) if p.requires_grad]
         for p in model.parameters():
@@ -267,8 +283,13 @@ class Trainer:
             opt = torch.optim.SGD(params, lr=tc.lr, momentum=0.9, weight_decay=tc.weight_decay)
         total_steps = tc.epochs * len(loader)
         step = 0
+        grad_sync = (lambda: ddp.all_reduce_grads(params, self.dist)) if self.dist.enabled else None
+        if self.dist.enabled:  # independent augmentations on each rank
+            torch.manual_seed(task_seed(cfg.seed, t, 3) + self.dist.rank)
         model.train()
         for epoch in range(tc.epochs):
+            if sampler is not None:
+                sampler.set_epoch(epoch)
             if tc.schedule == "reference":
                 lr = reference_lr(tc.lr, epoch, tc.epochs)
             elif tc.schedule == "constant":
@@ -295,7 +316,7 @@ class Trainer:
                         )
 
                 loss, ce, reg = training_step(model, method, ctx, opt, x, y, lo, task_loss=self._task_loss,
-                                              autocast=self._autocast, check=check)
+                                              autocast=self._autocast, check=check, grad_sync=grad_sync)
                 step += 1
                 n = len(y)
                 seen += n
@@ -304,12 +325,18 @@ class Trainer:
                 sums["reg"] += (0.0 if reg is None else reg.item()) * n
                 bar.set_postfix(loss=f"{sums['loss'] / seen:.3f}", ce=f"{sums['ce'] / seen:.3f}",
                                 reg=f"{sums['reg'] / seen:.3g}")
+            if self.dist.enabled:  # epoch means over every rank's samples
+                *totals, seen = ddp.all_reduce_sum([*sums.values(), seen], self.dist)
+                sums, seen = dict(zip(sums, totals)), int(seen)
             self.csv_rows.append({"task": t, "epoch": epoch, "lr": lr, "steps": step,
                                   **{k: v / max(seen, 1) for k, v in sums.items()}})
             if self._tb is not None:
                 self._tb.epoch(self.csv_rows[-1], len(self.csv_rows) - 1)
         for p in params:
             p.requires_grad_(False)
+        if self.dist.enabled:  # identical already (same start, averaged gradients); make it bit-exact
+            ddp.broadcast_(params, self.dist)
+            torch.manual_seed(task_seed(cfg.seed, t, 4))  # the same random state on every rank for the hook
         model.eval()
         model.fold()
         method.after_task(ctx)
@@ -317,17 +344,24 @@ class Trainer:
     # ------------------------------------------------------------------ statistics, alignment, evaluation
     @torch.no_grad()
     def extract(self, images, labels, indices, tasks: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Final features (test transform) and run labels of ``images[indices]`` with ``tasks`` branches."""
-        loader = self._loader(images, labels, indices, self.test_tf, False, self.cfg.train.eval_batch_size, 0)
-        feats, ys = [], []
+        """Final features (test transform) and run labels of ``images[indices]`` with ``tasks`` branches.
+
+        With several processes each extracts its share of the batches and all get the whole, in order.
+        """
+        bs = self.cfg.train.eval_batch_size
+        mine = ddp.shard_batches(indices, bs, self.dist)
+        loader = self._loader(images, labels, mine, self.test_tf, False, bs, 0)
+        feats, ys = [torch.zeros(0, self.model.embed_dim)], [torch.zeros(0, dtype=torch.int64)]
         self.model.eval()
         for x, y, _ in tqdm(loader, desc="features", disable=not self.progress, leave=False):
             check_interrupt()
             with self._autocast():
                 out = self.model(x.to(self.device), tasks=tasks, logits=False)
             feats.append(out.feature.float().cpu())
-            ys.append(y)
-        return torch.cat(feats), torch.cat(ys)
+            ys.append(y.to(torch.int64))
+        n = len(indices)
+        feats, ys = torch.cat(feats), torch.cat(ys)
+        return ddp.gather_batches(feats, n, bs, self.dist), ddp.gather_batches(ys, n, bs, self.dist)
 
     def _lora_tasks(self, t: int) -> int:
         return t + 1 if self.method.uses_lora else 0
@@ -360,22 +394,27 @@ class Trainer:
             samples_factor=ca.samples_factor, tau=ca.tau, t_max=ca.t_max, generator=g,
         )
         heads.load_concatenated(w2.to(w.device), b2.to(b.device))
+        if self.dist.enabled:  # every rank aligned the same statistics with the same seed; make it bit-exact
+            ddp.broadcast_([p for h in list(heads)[: t + 1] for p in h.parameters()], self.dist)
 
     @torch.no_grad()
     def predict_eval(self, t: int) -> tuple[np.ndarray, np.ndarray]:
         """(predicted run labels, true run labels) on the evaluation items of classes seen after task t."""
         idx = self._task_indices(self.data.eval_labels, self.data.eval_index, 0, self.scenario.seen_classes(t))
-        loader = self._loader(self.data.eval_images, self.data.eval_labels, idx, self.test_tf, False,
-                              self.cfg.train.eval_batch_size, 0)
-        preds, ys = [], []
+        bs = self.cfg.train.eval_batch_size
+        mine = ddp.shard_batches(idx, bs, self.dist)
+        loader = self._loader(self.data.eval_images, self.data.eval_labels, mine, self.test_tf, False, bs, 0)
+        preds, ys = [torch.zeros(0, dtype=torch.int64)], [torch.zeros(0, dtype=torch.int64)]
         self.model.eval()
         for x, y, _ in tqdm(loader, desc="evaluate", disable=not self.progress, leave=False):
             check_interrupt()
             with self._autocast():
                 out = self.model(x.to(self.device), tasks=self._lora_tasks(t), heads=t + 1)
             preds.append(out.logits.float().argmax(-1).cpu())
-            ys.append(y)
-        return torch.cat(preds).numpy(), torch.cat(ys).numpy()
+            ys.append(y.to(torch.int64))
+        n = len(idx)
+        pred = ddp.gather_batches(torch.cat(preds), n, bs, self.dist)
+        return pred.numpy(), ddp.gather_batches(torch.cat(ys), n, bs, self.dist).numpy()
 
     def evaluate(self, t: int) -> None:
         pred, y = self.predict_eval(t)
@@ -399,7 +438,7 @@ class Trainer:
         }
 
     def save(self, t: int) -> None:
-        if self.out_dir is None:
+        if self.out_dir is None or not self.dist.is_main:
             return
         from .snapshots import HEADS_GROUP, backbone_sha256, head_snapshots
 
@@ -420,7 +459,9 @@ class Trainer:
         """Load the last complete task's checkpoint; returns the next task to train (0 when none)."""
         if self.out_dir is None:
             return 0
-        clean_partial(self.out_dir)
+        if self.dist.is_main:
+            clean_partial(self.out_dir)
+        ddp.barrier(self.dist)
         loaded = load_checkpoint(self.out_dir)
         if loaded is None:
             return 0
@@ -454,9 +495,11 @@ class Trainer:
     def run(self, resume: bool = False) -> dict[str, Any]:
         """Train every task (from the checkpoint when resuming) and return the results dict."""
         if self.out_dir is not None:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            if not resume:
-                dump_config(self.cfg, self.out_dir / "config.yaml")
+            if self.dist.is_main:  # only rank 0 writes files
+                self.out_dir.mkdir(parents=True, exist_ok=True)
+                if not resume:
+                    dump_config(self.cfg, self.out_dir / "config.yaml")
+            ddp.barrier(self.dist)
             cfg_file = self.out_dir / "config.yaml"
             self._config_sha256 = file_sha256(cfg_file) if cfg_file.is_file() else None  # in state.json
         self.start_task = self.restore() if resume else 0
@@ -483,14 +526,14 @@ class Trainer:
         if self._tb is not None:
             self._tb.close()
         results = self.results()
-        if self.out_dir is not None:
+        if self.out_dir is not None and self.dist.is_main:
             write_json_atomic(self.out_dir / "results.json", results)
         return results
 
     def _open_logs(self) -> None:
         """TensorBoard scalars in RUN/tb (when there is a run folder) and, with ``analysis.enabled``, the drift
         tracker whose RUN/drift.json is rewritten after every task (see sr2lora.analysis)."""
-        if self.out_dir is not None:
+        if self.out_dir is not None and self.dist.is_main:
             from .report import TensorBoardLog
 
             self._tb = TensorBoardLog(self.out_dir / "tb")
@@ -506,11 +549,11 @@ class Trainer:
             self._tb.task(t, self.tracker.curve[-1], self.tracker.matrix[-1])
         if self._drift is not None:
             self._drift.step(t)
-            if self.out_dir is not None:
+            if self.out_dir is not None and self.dist.is_main:
                 write_json_atomic(self.out_dir / "drift.json", self._drift.to_json())
 
     def _write_csv(self) -> None:
-        if self.out_dir is None or not self.csv_rows:
+        if self.out_dir is None or not self.csv_rows or not self.dist.is_main:
             return
         path = self.out_dir / "metrics.csv"
         tmp = path.with_suffix(".csv.tmp")

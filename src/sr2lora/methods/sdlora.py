@@ -39,10 +39,11 @@ Variants (§3.5, Algorithm 1):
   absorbed Δα are per (layer, target); they live in the per-layer scale of B_k, on top of the shared α_k. The
   zeroed slot keeps its shape in the checkpoint (simplification, as for RR).
 
-Known deviations from the authors' code (github.com/WuYichen-97/SD-Lora-CL): they normalise past branches by
-‖B_k‖_F‖A_k‖_F rather than ‖B_kA_k‖_F (Eq. 3 of the paper), start magnitudes at 0.8 and re-initialise the past
-magnitudes when building each new task's network; we follow the paper's ‖B_kA_k‖_F and ones and carry the
-learned α_k over from task to task. They adapt q and v; we adapt ``model.lora_targets`` (k, v by default).
+Known deviations from the authors' code (github.com/WuYichen-97/SD-Lora-CL, as read in a public fork of it,
+zyx303/SD-Lora-CL): it normalises past branches by ‖B_k‖_F‖A_k‖_F rather than ‖B_kA_k‖_F (the paper's Eq. 3),
+starts magnitudes at 0.8 and re-initialises the past magnitudes when it builds each new task's network; we
+follow the paper (‖B_kA_k‖_F, ones) and carry the learned α_k over from task to task. It adapts q and v; we
+adapt ``model.lora_targets`` (k, v by default). Optimiser and schedule are the preset's, as for every method.
 """
 
 from __future__ import annotations
