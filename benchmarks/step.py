@@ -1,25 +1,29 @@
-"""Cost of one training step: ``seqlora`` vs ``sr2lora`` vs a ``naive`` SR²-LoRA step written the reference's way.
+"""Cost of one training step: ``seqlora`` vs ``sr2lora`` vs a ``naive`` SR²-LoRA step (the reference's way).
 
 All three run the engine's own :func:`sr2lora.engine.training_step` on the same model at task index ≥ 5 (six
 earlier tasks whose LoRA B factors are random and nonzero, folded), interleaved in one process, ``--repeats``
-times each; the table gives the median.
+times each; the table gives the median wall-clock time, the fastest repeat and the median process CPU
+time, and ratios of each: on a machine shared with other work the fastest repeat (timeit's convention) and CPU
+time estimate the step's own cost better than the median.
 
 - ``seqlora``: current model forward (folded past + branch t) + CE, backward, Adam step.
-- ``sr2lora``: the same plus the previous model's forward (folded weight only, no autograd) and a batch of L×L
+- ``sr2lora``: the same plus the previous model's forward (folded weight only, no autograd, from the same stem
+  tokens, run first; on CPU with fused oneDNN linears, see ``sr2lora.models.fastpath``) and a batch of L×L
   symmetric eigenvalue problems.
 - ``naive``: SR²-LoRA as the reference computes it: every forward sums all task branches (no folding,
   ``set_folding(False)``), every block runs in full, the previous model recomputes the stem, and its pass runs
   with autograd on over past branches that still require grad (a graph built and never used; their gradients
   are computed and never applied).
 
-Peak memory: on CUDA ``torch.cuda.max_memory_allocated`` around each variant's steps; on CPU each variant runs in
-a fresh subprocess (``--child VARIANT``) that reports ``ru_maxrss`` (the process's peak RSS) and the step's
-increment over the RSS right before its step loop (after one warm-up step; the kernel's peak-RSS counter is reset
-there, ``/proc/self/clear_refs``, so model loading does not hide the step's peak, and glibc is told to map every
-allocation ≥ 64 KiB separately so RSS follows live tensors). Memory ratios use the increment.
+Peak memory: on CUDA ``torch.cuda.max_memory_allocated`` around each variant's steps; on CPU each variant runs
+in a fresh subprocess (``--child VARIANT``) that reports ``ru_maxrss`` (the process's peak RSS) and the step's
+increment over the RSS right before its step loop (after one warm-up step; the kernel's peak-RSS counter is
+reset there, ``/proc/self/clear_refs``, so model loading does not hide the step's peak, and glibc is told to
+map every allocation ≥ 64 KiB separately so RSS follows live tensors). Memory ratios use the increment.
 
     python benchmarks/step.py --backbone imgfocus --img-size 112 --batch 32 --repeats 7
     python benchmarks/step.py --quick            # micro ViT, seconds (make bench)
+    python benchmarks/step.py --backbone vit_base_patch16_224.augreg_in21k --batch 128 --precision bf16
 """
 
 from __future__ import annotations
@@ -76,7 +80,7 @@ def backbone_spec(name: str) -> tuple[str, bool, dict, int, list[str]]:
 
 
 def build_bench(args: argparse.Namespace) -> Bench:
-    """Model with ``args.tasks`` past tasks (random nonzero B, folded) + the current task, and a random batch."""
+    """Model with ``args.tasks`` past tasks (random nonzero B, folded) + the current task; a random batch."""
     device = torch.device(args.device)
     torch.manual_seed(0)
     name, pretrained, kwargs, rank, targets = backbone_spec(args.backbone)
@@ -105,7 +109,7 @@ def build_bench(args: argparse.Namespace) -> Bench:
 
 
 class Variant:
-    """One step flavour: a method, its optimiser over task t's parameters, folding on/off, old-pass autograd."""
+    """One step flavour: a method, its optimiser over task t's parameters, folding, old-pass autograd."""
 
     def __init__(self, name: str, bench: Bench) -> None:
         self.name, self.bench = name, bench
@@ -142,6 +146,18 @@ class Variant:
         return time.perf_counter() - t0, time.process_time() - c0
 
 
+def cpu_name() -> str:
+    """The CPU's model name (/proc/cpuinfo), or platform.processor()."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -176,7 +192,7 @@ def child(args: argparse.Namespace) -> None:
     """CPU memory of one variant in this fresh process: prints one JSON line."""
     bench = build_bench(args)
     v = Variant(args.child, bench)
-    v.step()  # one-time allocations (kernel JIT caches, LAPACK workspaces, optimiser state) are not the step's
+    v.step()  # one-time allocations (kernel JIT caches, LAPACK workspace, optimiser state) are not the step's
     rss_before = _rss_mb()
     reset = _reset_peak_rss()
     for _ in range(max(2, args.mem_steps)):
@@ -184,15 +200,16 @@ def child(args: argparse.Namespace) -> None:
     peak_total = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     step_peak = _hwm_mb() if reset else peak_total
     print(json.dumps({"variant": args.child, "peak_rss_mb": peak_total, "rss_before_mb": rss_before,
-                      "step_mb": step_peak - rss_before, "hwm_reset": reset}))
+                      "step_mb": step_peak - rss_before, "step_mb_maxrss": peak_total - rss_before,
+                      "hwm_reset": reset}))
 
 
 def cpu_memory(args: argparse.Namespace, argv: list[str]) -> dict[str, dict]:
     out = {}
     for name in args.variants:
         cmd = [sys.executable, __file__, *argv, "--child", name]
-        # Every allocation of 64 KiB or more is its own mapping, returned to the system when freed, so RSS follows
-        # the live tensors instead of what glibc keeps cached.
+        # Every allocation of 64 KiB or more is its own mapping, returned to the system when freed, so RSS
+        # follows the live tensors instead of what glibc keeps cached.
         env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
         res = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
         if res.returncode != 0:
@@ -220,7 +237,7 @@ def cuda_memory(bench: Bench, variants: dict[str, Variant], steps: int) -> dict[
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--backbone", default="micro", help="micro | imgfocus | a timm model name (random init)")
-    p.add_argument("--img-size", type=int, default=None, help="input size (default: micro 32, others 112/224)")
+    p.add_argument("--img-size", type=int, default=None, help="px (micro 32, imgfocus 112, else 224)")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--repeats", type=int, default=7, help="timed steps per variant (interleaved)")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps per variant first")
@@ -268,9 +285,10 @@ def main(argv: list[str] | None = None) -> dict:
     memory = {} if args.no_memory or device.type == "cuda" else cpu_memory(args, parent_argv)
     bench = build_bench(args)
     variants = {name: Variant(name, bench) for name in args.variants}
+    warmup = {name: 0.0 for name in variants}  # with --compile: includes the compilation
     for _ in range(args.warmup):
-        for v in variants.values():
-            v.step()
+        for name, v in variants.items():
+            warmup[name] += v.step()[0]
     times: dict[str, list[float]] = {name: [] for name in variants}
     cpu: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(args.repeats):
@@ -283,12 +301,15 @@ def main(argv: list[str] | None = None) -> dict:
     rows = {}
     for name in variants:
         med = statistics.median(times[name])
-        rows[name] = {"median_s": med, "min_s": min(times[name]), "cpu_median_s": statistics.median(cpu[name]),
+        rows[name] = {"median_s": med, "min_s": min(times[name]),
+                      "cpu_median_s": statistics.median(cpu[name]), "cpu_min_s": min(cpu[name]),
                       "times_s": times[name], "cpu_s": cpu[name], "images_per_s": args.batch / med,
+                      "warmup_s": warmup[name],
                       **{k: v for k, v in memory.get(name, {}).items() if k != "variant"}}
     med = {n: r["median_s"] for n, r in rows.items()}
     fastest = {n: r["min_s"] for n, r in rows.items()}
     cpu_med = {n: r["cpu_median_s"] for n, r in rows.items()}
+    cpu_min = {n: r["cpu_min_s"] for n, r in rows.items()}
     mem = {n: r.get("step_mb") for n, r in rows.items()}
     tot_key = "peak_alloc_mb" if device.type == "cuda" else "peak_rss_mb"
     tot = {n: r.get(tot_key) for n, r in rows.items()}
@@ -296,11 +317,13 @@ def main(argv: list[str] | None = None) -> dict:
         "sr2lora/seqlora": {"time": _ratio(med.get("sr2lora"), med.get("seqlora")),
                             "time_min": _ratio(fastest.get("sr2lora"), fastest.get("seqlora")),
                             "cpu_time": _ratio(cpu_med.get("sr2lora"), cpu_med.get("seqlora")),
+                            "cpu_time_min": _ratio(cpu_min.get("sr2lora"), cpu_min.get("seqlora")),
                             "memory": _ratio(mem.get("sr2lora"), mem.get("seqlora")),
                             "memory_total": _ratio(tot.get("sr2lora"), tot.get("seqlora"))},
         "naive/sr2lora": {"time": _ratio(med.get("naive"), med.get("sr2lora")),
                           "time_min": _ratio(fastest.get("naive"), fastest.get("sr2lora")),
                           "cpu_time": _ratio(cpu_med.get("naive"), cpu_med.get("sr2lora")),
+                          "cpu_time_min": _ratio(cpu_min.get("naive"), cpu_min.get("sr2lora")),
                           "memory": _ratio(mem.get("naive"), mem.get("sr2lora")),
                           "memory_total": _ratio(tot.get("naive"), tot.get("sr2lora"))},
     }
@@ -309,12 +332,13 @@ def main(argv: list[str] | None = None) -> dict:
         "backbone": args.backbone, "img_size": args.img_size, "batch": args.batch, "task_index": args.tasks,
         "layers": m.num_layers, "embed_dim": m.embed_dim, "rank": m.loras[0].rank if m.loras else 0,
         "precision": args.precision, "compile": args.compile, "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
         "threads": torch.get_num_threads(), "cpus": os.cpu_count(), "repeats": args.repeats,
         "torch": torch.__version__, "variants": rows, "ratios": ratios,
     }
     print_table(result, tot_key)
-    path = Path(args.json) if args.json else RESULTS / f"step-{args.backbone.replace('/', '_')}.json"
+    quick = "-quick" if args.quick else ""
+    path = Path(args.json) if args.json else RESULTS / f"step-{args.backbone.replace('/', '_')}{quick}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2) + "\n")
     print(f"-> {path}")
@@ -329,13 +353,16 @@ def print_table(r: dict, tot_key: str) -> None:
     print(f"{r['backbone']} @ {r['img_size']} px, batch {r['batch']}, task index {r['task_index']}, "
           f"{r['precision']}{' compiled' if r['compile'] else ''}, {r['device']} ({r['threads']} threads), "
           f"median of {r['repeats']}")
-    print(f"{'variant':10s} {'step s':>8s} {'min s':>8s} {'cpu s':>8s} {'img/s':>8s} {'step MB':>9s} {'peak MB':>9s}")
+    print(f"{'variant':10s} {'step s':>8s} {'min s':>8s} {'cpu s':>8s} {'img/s':>8s} {'step MB':>9s} "
+          f"{'peak MB':>9s}")
     for name, row in r["variants"].items():
         print(f"{name:10s} {row['median_s']:8.3f} {row['min_s']:8.3f} {row['cpu_median_s']:8.3f} "
-              f"{row['images_per_s']:8.1f} {_fmt(row.get('step_mb'), '9.0f')} {_fmt(row.get(tot_key), '9.0f')}")
+              f"{row['images_per_s']:8.1f} {_fmt(row.get('step_mb'), '9.0f')} "
+              f"{_fmt(row.get(tot_key), '9.0f')}")
     for key, v in r["ratios"].items():
-        print(f"{key:16s} time {_fmt(v['time'], '.3f')} (min {_fmt(v['time_min'], '.3f')}, cpu "
-              f"{_fmt(v['cpu_time'], '.3f')})  memory {_fmt(v['memory'], '.3f')} (total {_fmt(v['memory_total'], '.3f')})")
+        print(f"{key:16s} time {_fmt(v['time'], '.3f')} (fastest {_fmt(v['time_min'], '.3f')}; cpu "
+              f"{_fmt(v['cpu_time'], '.3f')}, fastest {_fmt(v['cpu_time_min'], '.3f')})  memory "
+              f"{_fmt(v['memory'], '.3f')} (total {_fmt(v['memory_total'], '.3f')})")
 
 
 if __name__ == "__main__":

@@ -9,13 +9,13 @@ How the engine uses it (see :class:`sr2lora.engine.Trainer`):
 
 * training: every rank builds the same model (same seeds), reads its share of the task's shuffled training set
   (:func:`train_sampler`: a ``DistributedSampler`` seeded per task, ``set_epoch`` every epoch) in batches of
-  ``train.batch_size / N`` (the global batch stays ``train.batch_size``), and after each backward the gradients
-  of the few trainable parameters (the task's LoRA factors and head) are averaged over the ranks in one
-  coalesced all-reduce (:func:`all_reduce_grads`), so every rank takes the same optimiser step;
+  ``train.batch_size / N`` (the global batch stays ``train.batch_size``), and after each backward the
+  gradients of the few trainable parameters (the task's LoRA factors and head) are averaged over the ranks in
+  one coalesced all-reduce (:func:`all_reduce_grads`), so every rank takes the same optimiser step;
 * class statistics and evaluation: the evaluation batches are dealt round-robin to the ranks
   (:func:`shard_batches`: each batch is exactly a batch of the single-process run) and the features /
-  predictions are gathered back into the single-process order (:func:`gather_batches`), so every rank holds the
-  same class Gaussians and the same accuracies as a single process;
+  predictions are gathered back into the single-process order (:func:`gather_batches`), so every rank holds
+  the same class Gaussians and the same accuracies as a single process;
 * classifier alignment runs on every rank with the same generator seed on the same statistics, then the heads
   are broadcast from rank 0 (:func:`broadcast_`), which keeps the ranks bit-identical;
 * only rank 0 writes files (config, checkpoints, metrics, results) and shows progress.
@@ -125,7 +125,7 @@ def barrier(ctx: DistContext | None = None) -> None:
 
 
 def train_sampler(dataset, ctx: DistContext, seed: int) -> torch.utils.data.DistributedSampler:
-    """This rank's share of a shuffled pass over ``dataset``, seeded per task; call ``set_epoch`` every epoch."""
+    """This rank's share of a shuffled pass over ``dataset``, seeded per task; ``set_epoch`` every epoch."""
     return torch.utils.data.DistributedSampler(
         dataset, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=seed, drop_last=False
     )
@@ -137,8 +137,8 @@ def per_rank_batch(batch_size: int, ctx: DistContext) -> int:
 
     if batch_size % ctx.world_size:
         raise ConfigError(
-            f"train.batch_size: {batch_size} does not split over {ctx.world_size} processes; use a multiple of "
-            f"{ctx.world_size} (the global batch is train.batch_size, each process takes batch_size / N)"
+            f"train.batch_size: {batch_size} does not split over {ctx.world_size} processes; use a multiple "
+            f"of {ctx.world_size} (the global batch is train.batch_size, each process takes batch_size / N)"
         )
     return batch_size // ctx.world_size
 
@@ -147,7 +147,7 @@ def per_rank_batch(batch_size: int, ctx: DistContext) -> int:
 def all_reduce_grads(params: Sequence[torch.nn.Parameter], ctx: DistContext | None = None) -> None:
     """Average the gradients of ``params`` over the ranks, in one flattened all-reduce.
 
-    A parameter without a gradient on every rank counts as zero (the set of parameters is the same everywhere).
+    A parameter without a gradient counts as zero (the list of parameters is the same on every rank).
     """
     ctx = ctx or current()
     if not ctx.enabled or not params:
@@ -210,10 +210,23 @@ def all_gather_varlen(tensor: torch.Tensor, ctx: DistContext | None = None) -> l
     return [p[:k].cpu() for p, k in zip(parts, lengths)]
 
 
-def shard_batches(indices: np.ndarray, batch_size: int, ctx: DistContext | None = None) -> np.ndarray:
-    """This rank's items when the batches of ``indices`` (in order, ``batch_size`` each) are dealt round-robin.
+def check_same(value: int, what: str, ctx: DistContext | None = None) -> None:
+    """Raise when the ranks disagree on ``value`` (e.g. the task a resumed run starts from)."""
+    ctx = ctx or current()
+    if not ctx.enabled:
+        return
+    values = [int(v) for v in torch.cat(all_gather_varlen(torch.tensor([int(value)]), ctx)).tolist()]
+    if len(set(values)) > 1:
+        raise RuntimeError(
+            f"the processes disagree on {what}: {values} (by rank); with several nodes, the run folder must "
+            f"be on a filesystem every node sees"
+        )
 
-    Iterating the result in batches of ``batch_size`` gives exactly this rank's batches of the single-process run.
+
+def shard_batches(indices: np.ndarray, batch_size: int, ctx: DistContext | None = None) -> np.ndarray:
+    """This rank's items when the batches of ``indices`` (in order, ``batch_size`` each) go round-robin.
+
+    Iterating the result in batches of ``batch_size`` gives exactly this rank's batches of a single process.
     """
     ctx = ctx or current()
     if not ctx.enabled:
@@ -223,28 +236,37 @@ def shard_batches(indices: np.ndarray, batch_size: int, ctx: DistContext | None 
     return np.concatenate(parts) if parts else indices[:0]
 
 
-def gather_batches(local: torch.Tensor, total: int, batch_size: int, ctx: DistContext | None = None) -> torch.Tensor:
+def gather_batches(
+    local: torch.Tensor, total: int, batch_size: int, ctx: DistContext | None = None
+) -> torch.Tensor:
     """Inverse of :func:`shard_batches`: every rank's per-item results back in the single-process order."""
     ctx = ctx or current()
     if not ctx.enabled:
         return local
-    parts = all_gather_varlen(local, ctx)
-    offsets = [0] * ctx.world_size
+    return interleave_batches(all_gather_varlen(local, ctx), total, batch_size)
+
+
+def interleave_batches(parts: Sequence[torch.Tensor], total: int, batch_size: int) -> torch.Tensor:
+    """Rank r's results ``parts[r]`` of the batches :func:`shard_batches` dealt it, back in batch order."""
+    world = len(parts)
+    offsets = [0] * world
     out = []
     for k, start in enumerate(range(0, total, batch_size)):
-        r = k % ctx.world_size
+        r = k % world
         n = min(batch_size, total - start)
         out.append(parts[r][offsets[r] : offsets[r] + n])
         offsets[r] += n
-    return torch.cat(out) if out else local[:0]
+    if any(o != len(p) for o, p in zip(offsets, parts)):
+        raise RuntimeError(f"gathered {[len(p) for p in parts]} items, expected {offsets}")
+    return torch.cat(out) if out else parts[0][:0]
 
 
 def evaluate_run(run_dir: str, out_json: str | None = None) -> dict:
     """Load a finished run's last checkpoint and evaluate it (sharded when started by torchrun).
 
-    Returns ``{"world_size", "row", "overall", "counts"}``: per-task accuracies after the last task. Every rank
-    computes the same numbers; rank 0 writes them to ``out_json`` when given. Used to check that distributed
-    evaluation equals the single-process one exactly.
+    Returns ``{"world_size", "task", "row", "overall", "counts", "predictions"}``: per-task accuracies after
+    the last task. Every rank computes the same numbers; rank 0 writes them to ``out_json`` when given. Used
+    to check that distributed evaluation equals the single-process one exactly.
     """
     import json
     from pathlib import Path

@@ -156,27 +156,29 @@ def training_step(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """One optimisation step of task ``ctx.task`` on (x, y): the step training runs (and the benchmarks time).
 
-    The frozen stem once, then the forward of the current model (branches 0..t) and, when the method needs it,
-    of the previous model (branches 0..t−1, no autograd) from the same tokens; the task-local loss plus
-    ``method.weight`` × the method's regulariser, ``check(loss, ce, reg)`` (may raise), backward,
-    ``grad_sync()`` (the distributed all-reduce), optimiser step.
-    ``old_grad=True`` is the reference's way (benchmarks only): the previous model recomputes the stem and
-    builds an autograd graph that is never used.
+    The frozen stem once; when the method needs it, the previous model (branches 0..t−1) without autograd, run
+    first so that its working memory is freed before the current model's activations are held; the current
+    model (branches 0..t) from the same tokens; the task-local loss plus ``method.weight`` × the method's
+    regulariser, ``check(loss, ce, reg)`` (may raise), backward, ``grad_sync()`` (the distributed all-reduce),
+    optimiser step. ``old_grad=True`` is the reference's way (benchmarks only): the previous model runs after
+    the current one, recomputes the stem and with autograd on.
     Returns (loss, ce, reg), detached.
     """
     t = ctx.task
+    use_old = method.needs_old and t > 0
     with autocast() if autocast is not None else nullcontext():
         tokens = model.embed(x)  # the frozen stem, shared by both forwards
+        old = None
+        if use_old and not old_grad:  # first, while no activations are held: its working memory adds nothing
+            with torch.no_grad():
+                old = model(x, tasks=t, layers=method.needs_layers, logits=False, tokens=tokens)
         new = model(x, tasks=t + 1 if method.uses_lora else 0, heads=t + 1, layers=method.needs_layers,
                     logits=False, tokens=tokens)
         logits = model.heads.head_logits(new.feature, t)
         target = y - offset
         ce = task_loss(logits, target) if task_loss is not None else F.cross_entropy(logits.float(), target)
-        old = None
-        if method.needs_old and t > 0:
-            with torch.set_grad_enabled(old_grad):
-                old = model(x, tasks=t, layers=method.needs_layers, logits=False,
-                            tokens=None if old_grad else tokens)
+        if use_old and old_grad:
+            old = model(x, tasks=t, layers=method.needs_layers, logits=False)
         reg = method.regularizer(new, old, ctx)
     loss = ce if reg is None else ce + method.weight * reg
     if check is not None:
@@ -503,6 +505,7 @@ class Trainer:
             cfg_file = self.out_dir / "config.yaml"
             self._config_sha256 = file_sha256(cfg_file) if cfg_file.is_file() else None  # in state.json
         self.start_task = self.restore() if resume else 0
+        ddp.check_same(self.start_task, "the task to start from", self.dist)
         self._open_logs()
         sc = self.scenario
         for t in range(self.start_task, sc.num_tasks):

@@ -3,14 +3,14 @@
 Two things make the passes that need no gradient (the previous model's pass of every SR²-LoRA step, feature
 extraction, evaluation) cheaper than running timm's modules as they are:
 
-* Only the [CLS] token of the last block is used, so :func:`block_forward` with ``cls_only=True`` computes that
-  block for token 0 alone (its keys and values still come from every token): ``blk(x)[:, :1]``. This is exact and
-  is used with and without autograd.
-* Without autograd, on CPU in float32, :func:`linear` runs oneDNN's fused linear (``mkldnn::_linear_pointwise``,
-  the kernel ``torch.compile`` picks on CPU): bias and GELU are applied inside the matmul instead of as separate
-  passes over the output. Results equal ``F.linear`` (+ ``F.gelu``) to float32 rounding (~1e-6 relative).
-  Anywhere else (autograd on, CUDA, autocast, other dtypes, under ``torch.compile``, a build without oneDNN) it
-  is ``F.linear``.
+* Only the [CLS] token of the last block is used, so :func:`block_forward` with ``cls_only=True`` computes
+  that block for token 0 alone (its keys and values still come from every token): ``blk(x)[:, :1]``. This is
+  exact and is used with and without autograd.
+* Without autograd, on CPU in float32, :func:`linear` runs oneDNN's fused linear
+  (``mkldnn::_linear_pointwise``, the kernel inductor uses on CPU): bias and GELU are applied inside the
+  matmul instead of as separate passes over the output. Results equal ``F.linear`` (+ ``F.gelu``) to float32
+  rounding (~1e-6 relative). Anywhere else (autograd on, CUDA, autocast, other dtypes, ``torch.compile``,
+  a build without oneDNN) it is ``F.linear``.
 
 :func:`supports` says whether a block is the plain timm ``Block``/``Attention``/``Mlp`` these functions
 reproduce; any other block runs its own ``forward``.
@@ -56,7 +56,7 @@ def _use_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
 def linear(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, gelu: str | None = None
 ) -> torch.Tensor:
-    """``F.linear(x, weight, bias)``, then ``F.gelu(·, approximate=gelu)`` when ``gelu`` is given ('none'/'tanh').
+    """``F.linear(x, weight, bias)``, then ``F.gelu(·, approximate=gelu)`` if ``gelu`` ('none'/'tanh') is set.
 
     Without autograd on CPU float32 this is one fused oneDNN call; otherwise the plain ops.
     """
@@ -69,7 +69,7 @@ def linear(
 
 
 def supports(blk: nn.Module) -> bool:
-    """Whether :func:`block_forward` reproduces ``blk``: a plain timm ``Block`` with ``Attention`` and ``Mlp``."""
+    """Whether :func:`block_forward` reproduces ``blk``: a plain timm ``Block``, ``Attention`` and ``Mlp``."""
     from timm.layers import LayerScale, Mlp
     from timm.models.vision_transformer import Attention, Block
 
@@ -90,7 +90,7 @@ def _proj(layer: nn.Module, x: torch.Tensor, gelu: str | None = None) -> torch.T
 
 def _residual(x: torch.Tensor, y: torch.Tensor, ls: nn.Module) -> torch.Tensor:
     gamma = getattr(ls, "gamma", None)
-    return x + y if gamma is None else torch.addcmul(x, y, gamma.to(y.dtype))
+    return x + y if gamma is None else torch.addcmul(x, y, gamma)
 
 
 def block_forward(blk: nn.Module, x: torch.Tensor, cls_only: bool = False) -> torch.Tensor:
