@@ -36,7 +36,6 @@ mid-write. It changes nothing else and is unset in normal use.
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import os
 import shutil
@@ -47,6 +46,8 @@ from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
+
+from .cache import file_sha256  # noqa: F401  (re-exported: engine, cli)
 
 CKPT_DIR = "checkpoint"
 PAUSE_ENV = "SR2LORA_TEST_PAUSE_IN_CHECKPOINT"
@@ -164,15 +165,6 @@ def load_checkpoint(run_dir: Path) -> tuple[dict[str, dict[str, torch.Tensor]], 
         group.pop("_empty", None)
         groups[f.stem] = group
     return groups, state
-
-
-def file_sha256(path: Path) -> str:
-    """Hex sha256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def check_config_unchanged(run_dir: Path, state: dict[str, Any] | None = None) -> None:

@@ -11,7 +11,7 @@ import sys  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from .config import ConfigError, load_config, load_preset_dict, parse_overrides, preset_names  # noqa: E402
+from .config import ConfigError, flatten, load_config, load_preset_dict, parse_overrides, preset_names  # noqa: E402
 from .signals import Interrupted  # noqa: E402
 
 # Keys that may differ when resuming: they change where or how fast a run computes, not what it computes.
@@ -52,17 +52,6 @@ def _default_out(cfg) -> Path:
     return Path("runs") / f"{cfg.preset or 'custom'}-{cfg.method.name}-seed{cfg.seed}-{stamp}"
 
 
-def _flatten(d: dict, prefix: str = "") -> dict[str, object]:
-    out: dict[str, object] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict) and k != "timm_kwargs":
-            out.update(_flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
-
-
 def cmd_run(args: argparse.Namespace) -> int:
     if args.resume:
         run_dir = Path(args.resume)
@@ -78,7 +67,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         saved = load_config(str(cfg_file))
         if args.overrides:
             new = load_config(str(cfg_file), args.overrides)
-            a, b = _flatten(saved.to_dict()), _flatten(new.to_dict())
+            a, b = flatten(saved.to_dict()), flatten(new.to_dict())
             changed = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and k not in RESUME_SAFE_KEYS)
             if changed:
                 raise UserError(

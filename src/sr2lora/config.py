@@ -414,6 +414,18 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"analysis.samples_per_task: must be positive, got {cfg.analysis.samples_per_task}")
 
 
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested config dict → dotted keys (``timm_kwargs`` kept as one value): for diffs between configs."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and k != "timm_kwargs":
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
 def dump_config(cfg: RunConfig, path: Path) -> None:
     """Write the fully resolved config as YAML (loadable again with `--preset path`)."""
     with open(path, "w", encoding="utf-8") as fh:

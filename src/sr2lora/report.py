@@ -29,6 +29,8 @@ from typing import Any
 import numpy as np
 import yaml
 
+from .config import flatten
+
 METRICS = ("final_acc", "avg_acc", "forgetting", "bwt", "plasticity")
 METRIC_TITLES = {"final_acc": "A_T", "avg_acc": "Ā", "forgetting": "forgetting", "bwt": "BWT",
                  "plasticity": "plasticity"}
@@ -126,18 +128,6 @@ class Run:
     @property
     def seed(self) -> Any:
         return self.results.get("seed", self.config.get("seed"))
-
-
-def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested config dict → dotted keys (``timm_kwargs`` kept as one value)."""
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict) and k != "timm_kwargs":
-            out.update(flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
 
 
 def discover_runs(paths: Iterable[str | Path]) -> list[Path]:

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image
 
+from ..cache import cache_dir
 from .base import DataError, DatasetBundle, FileImages
 from .registry import register_dataset
 
@@ -47,8 +48,8 @@ _NUMBERED = re.compile(r"^\d+\.(.+)$")
 
 # ----------------------------------------------------------------------------------------------- locations
 def cache_root() -> Path:
-    """Where sr2lora keeps downloaded side files: ``$SR2LORA_CACHE`` or ``~/.cache/sr2lora``."""
-    return Path(os.environ.get("SR2LORA_CACHE") or "~/.cache/sr2lora").expanduser()
+    """Where sr2lora keeps downloaded side files (see :func:`sr2lora.cache.cache_dir`)."""
+    return cache_dir(create=False)
 
 
 def default_data_root() -> Path:

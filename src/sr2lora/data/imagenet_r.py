@@ -36,13 +36,13 @@ with one target per wnid before it is cached. ``info["list_sha256"]`` always hol
 
 from __future__ import annotations
 
-import hashlib
 import os
 import threading
 import time
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
+from ..cache import file_sha256
 from .base import DataError, DatasetBundle, FileImages
 from .folders import (
     PRESPLIT_LAYOUT,
@@ -186,14 +186,6 @@ def check_lists(
     return keys[0], keys[1], to_target
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _read_sums(path: Path) -> dict[str, str]:
     sums = {}
     for line in path.read_text(encoding="utf-8").splitlines():
@@ -204,7 +196,7 @@ def _read_sums(path: Path) -> dict[str, str]:
 
 
 def _write_sums(cache_dir: Path) -> None:
-    lines = [f"{_sha256(cache_dir / n)}  {n}\n" for n in LIST_NAMES]
+    lines = [f"{file_sha256(cache_dir / n)}  {n}\n" for n in LIST_NAMES]
     tmp = cache_dir / f".{SUMS_FILE}.tmp{os.getpid()}"
     tmp.write_text("".join(lines), encoding="utf-8")
     os.replace(tmp, cache_dir / SUMS_FILE)
@@ -228,7 +220,7 @@ def cached_split_lists(cache_dir: Path | None = None) -> tuple[Path, Path] | Non
         return paths
     sums = _read_sums(sums_path)
     for p in paths:
-        if sums.get(p.name) != _sha256(p):
+        if sums.get(p.name) != file_sha256(p):
             raise DataError(
                 f"imagenet-r: cached split list {p} does not match the sha256 recorded in {sums_path} "
                 f"(changed or corrupted); delete {cache_dir} to download the lists again"
@@ -369,7 +361,7 @@ def lists_bundle(train_list: Path, test_list: Path, image_root: Path, source: st
             else "split lists (non-canonical)",
             "train_list": str(train_list),
             "test_list": str(test_list),
-            "list_sha256": {"train": _sha256(train_list), "test": _sha256(test_list)},
+            "list_sha256": {"train": file_sha256(train_list), "test": file_sha256(test_list)},
             "canonical_counts": canonical,
             "num_classes": len(wnids),
             "train": len(out[0]),

