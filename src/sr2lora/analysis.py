@@ -378,6 +378,8 @@ def plot_drift(docs: Sequence[tuple[str, dict[str, Any]]], out_dir: str | Path) 
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
+    from .report import save_figure
+
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     keys = list(MEASURE_TITLES)
@@ -393,10 +395,7 @@ def plot_drift(docs: Sequence[tuple[str, dict[str, Any]]], out_dir: str | Path) 
         ax.grid(alpha=0.3)
     axes.flat[0].legend(fontsize=8)
     fig.suptitle("drift of old tasks (mean over tasks j < t)")
-    fig.tight_layout()
-    paths.append(out_dir / "drift.png")
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
+    paths.append(save_figure(fig, out_dir / "drift.png"))
     if len(docs) == 1:
         doc = docs[0][1]
         fig, axes = plt.subplots(2, 2, figsize=(11, 7.5))
@@ -410,10 +409,7 @@ def plot_drift(docs: Sequence[tuple[str, dict[str, Any]]], out_dir: str | Path) 
             ax.grid(alpha=0.3)
         axes.flat[0].legend(fontsize=8)
         fig.suptitle(f"{docs[0][0]}: drift of each task's sample")
-        fig.tight_layout()
-        paths.append(out_dir / "drift_per_task.png")
-        fig.savefig(paths[-1], dpi=110)
-        plt.close(fig)
+        paths.append(save_figure(fig, out_dir / "drift_per_task.png"))
     return paths
 
 

@@ -383,6 +383,16 @@ def _plt():
     return plt
 
 
+def save_figure(fig, path: Path) -> Path:
+    """Lay out, write (110 dpi) and close a figure: the tail every report and drift plot shares."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def _int_ticks():
     from matplotlib.ticker import MaxNLocator
 
@@ -404,10 +414,7 @@ def plot_curves(aggs: Sequence[dict[str, Any]], path: Path, title: str) -> Path:
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_matrix(g: dict[str, Any], path: Path) -> Path:
@@ -429,10 +436,7 @@ def plot_matrix(g: dict[str, Any], path: Path) -> Path:
     ax.set_ylabel("after task t")
     ax.set_title(f"{g['preset']}/{g['name']} (n={g['n']})", fontsize=9)
     fig.colorbar(im, ax=ax, fraction=0.046)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_forgetting(aggs: Sequence[dict[str, Any]], path: Path, title: str) -> Path:
@@ -452,10 +456,7 @@ def plot_forgetting(aggs: Sequence[dict[str, Any]], path: Path, title: str) -> P
     ax.axhline(0, color="black", lw=0.8)
     ax.grid(alpha=0.3, axis="y")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_summary(aggs: Sequence[dict[str, Any]], path: Path) -> Path:
@@ -476,10 +477,7 @@ def plot_summary(aggs: Sequence[dict[str, Any]], path: Path) -> Path:
     ax.set_title("summary (mean ± std over seeds)")
     ax.grid(alpha=0.3, axis="y")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 # ---------------------------------------------------------------- the report
