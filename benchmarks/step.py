@@ -3,8 +3,9 @@
 All three run the engine's own :func:`sr2lora.engine.training_step` on the same model at task index ≥ 5 (six
 earlier tasks whose LoRA B factors are random and nonzero, folded), interleaved in one process, ``--repeats``
 times each; the table gives the median wall-clock time, the fastest repeat and the median process CPU
-time, and ratios of each: on a machine shared with other work the fastest repeat (timeit's convention) and CPU
-time estimate the step's own cost better than the median.
+time, and ratios of each, plus the paired ratio (median over repeats of the ratio of the two steps run back to
+back): on a machine shared with other work the paired ratio, the fastest repeat (timeit's convention) and CPU
+time estimate the step's own cost better than the ratio of medians.
 
 - ``seqlora``: current model forward (folded past + branch t) + CE, backward, Adam step.
 - ``sr2lora``: the same plus the previous model's forward (folded weight only, no autograd, from the same stem
@@ -271,6 +272,12 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None or b == 0 else a / b
 
 
+def _paired(a: list[float] | None, b: list[float] | None) -> float | None:
+    """Median over repeats of a_i / b_i: the two steps of a repeat ran back to back, so slow load drifts that
+    move both cancel in their ratio."""
+    return None if not a or not b else statistics.median(x / y for x, y in zip(a, b))
+
+
 def main(argv: list[str] | None = None) -> dict:
     """Run the benchmark; print the table, write the JSON and return it."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -316,12 +323,14 @@ def main(argv: list[str] | None = None) -> dict:
     ratios = {
         "sr2lora/seqlora": {"time": _ratio(med.get("sr2lora"), med.get("seqlora")),
                             "time_min": _ratio(fastest.get("sr2lora"), fastest.get("seqlora")),
+                            "time_paired": _paired(times.get("sr2lora"), times.get("seqlora")),
                             "cpu_time": _ratio(cpu_med.get("sr2lora"), cpu_med.get("seqlora")),
                             "cpu_time_min": _ratio(cpu_min.get("sr2lora"), cpu_min.get("seqlora")),
                             "memory": _ratio(mem.get("sr2lora"), mem.get("seqlora")),
                             "memory_total": _ratio(tot.get("sr2lora"), tot.get("seqlora"))},
         "naive/sr2lora": {"time": _ratio(med.get("naive"), med.get("sr2lora")),
                           "time_min": _ratio(fastest.get("naive"), fastest.get("sr2lora")),
+                          "time_paired": _paired(times.get("naive"), times.get("sr2lora")),
                           "cpu_time": _ratio(cpu_med.get("naive"), cpu_med.get("sr2lora")),
                           "cpu_time_min": _ratio(cpu_min.get("naive"), cpu_min.get("sr2lora")),
                           "memory": _ratio(mem.get("naive"), mem.get("sr2lora")),
@@ -360,7 +369,8 @@ def print_table(r: dict, tot_key: str) -> None:
               f"{row['images_per_s']:8.1f} {_fmt(row.get('step_mb'), '9.0f')} "
               f"{_fmt(row.get(tot_key), '9.0f')}")
     for key, v in r["ratios"].items():
-        print(f"{key:16s} time {_fmt(v['time'], '.3f')} (fastest {_fmt(v['time_min'], '.3f')}; cpu "
+        print(f"{key:16s} time {_fmt(v['time'], '.3f')} (paired {_fmt(v['time_paired'], '.3f')}, fastest "
+              f"{_fmt(v['time_min'], '.3f')}; cpu "
               f"{_fmt(v['cpu_time'], '.3f')}, fastest {_fmt(v['cpu_time_min'], '.3f')})  memory "
               f"{_fmt(v['memory'], '.3f')} (total {_fmt(v['memory_total'], '.3f')})")
 

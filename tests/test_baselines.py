@@ -19,6 +19,7 @@ from sr2lora import load_run
 from sr2lora.checkpoint import CheckpointError
 from sr2lora.config import load_config
 from sr2lora.engine import Trainer, prepare_data
+from sr2lora.methods.base import TaskContext
 from sr2lora.methods.inflora import design_down_projection, grow_memory
 from sr2lora.methods.sdlora import SDLoRA, SDLoRAOptions, fit_directions, task_rank
 from sr2lora.models.lora import LoRAQKV
@@ -212,11 +213,36 @@ def test_sdlora_past_directions_fixed_magnitudes_learned():
             assert torch.allclose(before, after, atol=1e-5), f"direction of task {s} moved"
         assert float(alphas[-1][s]) != float(alphas[s][s]), f"magnitude of task {s} never moved"
     assert all(lora.scales is None for lora in tr.model.loras)
-    # handover=normalize: a past task's update is α_s times a unit-norm direction in every projection
-    for lora in tr.model.loras:
-        for k in range(2):
-            norm = float((lora.B[0][k] @ lora.A[0][k]).norm())
-            assert norm == pytest.approx(abs(float(alphas[-1][0])), rel=1e-4)
+
+
+@pytest.mark.parametrize("handover", ["keep", "normalize"])
+def test_sdlora_handover_and_the_models_output(handover):
+    """At the start of task 1, task 0's trained update becomes a fixed direction with a magnitude. With
+    ``handover=keep`` (default) the model computes exactly what it computed at the end of task 0 (every layer's
+    [CLS] feature to 1e-5): only the parametrisation changes. ``normalize`` (the paper's Eq. 4 read literally) sets every
+    projection's update to norm |α_0|, which changes the function whenever a trained update's norm is not |α_0|."""
+    tr = trainer("sdlora", f"method.handover={handover}")
+    model = tr.model
+    model.add_task(tr.scenario.task_size(0))
+    tr.train_task(0)
+    model.eval()
+    x = torch.rand(6, 3, tr.cfg.data.image_size, tr.cfg.data.image_size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        before = model(x, layers=True, logits=False).layers.clone()
+    norms = [float((lora.B[0][k] @ lora.A[0][k]).norm()) for lora in model.loras for k in range(2)]
+    model.add_task(tr.scenario.task_size(1))
+    tr.method.before_task(TaskContext(task=1, model=model, device=torch.device("cpu"), num_tasks=2))
+    with torch.no_grad():
+        after = model(x, layers=True, logits=False).layers
+    alpha0 = abs(float(tr.method.alpha[0]))
+    if handover == "keep":
+        torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-5)
+    else:  # every projection's update is now |α_0| times a unit-norm direction ...
+        for lora in model.loras:
+            for k in range(2):
+                assert float((lora.B[0][k] @ lora.A[0][k]).norm()) == pytest.approx(alpha0, rel=1e-4)
+        assert max(abs(n - alpha0) for n in norms) > 1e-3  # ... the trained norms were not |α_0| ...
+        assert not torch.allclose(after, before, atol=1e-3)  # ... so the function changed
 
 
 def test_sdlora_rank_reduction_masks_trailing_components():
