@@ -71,6 +71,21 @@ def test_joint_sees_all_classes_in_one_task(smoke_runs):
     assert tr.scenario.num_tasks == 1 and tr.scenario.task_size(0) == 20
 
 
+@pytest.mark.parametrize("method,aligned", [("joint", True), ("seqlora", False)])
+def test_classifier_alignment_after_the_first_task(method, aligned):
+    """The reference aligns nothing after task 0 of a sequence; `joint` has only that task and is aligned there,
+    like every incremental method's final head."""
+    tr = trainer(method)
+    tr.model.add_task(tr.scenario.task_size(0))
+    tr.train_task(0)
+    tr.compute_statistics(0)
+    before = [p.detach().clone() for p in tr.model.heads.parameters()]
+    tr.align(0)
+    after = list(tr.model.heads.parameters())
+    changed = any(not torch.equal(a, b) for a, b in zip(before, after))
+    assert changed == aligned
+
+
 @pytest.mark.parametrize("method", ["inflora", "sdlora"])
 def test_resume_is_exact(smoke_runs, tmp_path, monkeypatch, method):
     """Stopped after task 2's checkpoint, resumed: the method state (InfLoRA's subspaces, SD-LoRA's

@@ -385,7 +385,9 @@ class Trainer:
 
     def align(self, t: int) -> None:
         ca = self.cfg.ca
-        if not ca.enabled or ca.epochs == 0 or t == 0:
+        # After task 0 of a sequence there is nothing to align (the reference skips it). `joint` has only that
+        # task, and every incremental method's final head is an aligned one, so joint's is aligned too.
+        if not ca.enabled or ca.epochs == 0 or (t == 0 and not self.method.single_task):
             return
         heads = self.model.heads
         w, b = heads.concatenated(t + 1)
