@@ -2,11 +2,11 @@
 """Issue 10's experiment: does any SR²-LoRA setting beat the frozen backbone on the offline benchmark?
 
 Stage 1 (selection, validation split carved from the training data, seed 1993): SR²-LoRA over a small grid of
-relation normalisation × λ × learning-rate schedule; the setting with the best validation A_T is selected. The
-test split is never looked at in this stage.
+relation normalisation × λ × learning-rate schedule (10 settings), and `frozen` as the reference point; the
+setting with the best validation A_T is selected. The test split is never looked at in this stage.
 Stage 2 (test split, seeds 0, 1993, 1996): `frozen`, `seqlora`, `sr2lora` with the reference settings and
 `sr2lora` with the selected settings. Prints and writes a summary (mean ± std over seeds) and a plain statement of
-whether the best SR²-LoRA beats `frozen` by more than the seeds' spread.
+whether the best SR²-LoRA beats `frozen` by more than the seeds' spread. 23 runs (~85 min on 2 CPU cores).
 
     .venv/bin/python scripts/stability_plasticity.py [--out runs/stability-plasticity] [--jobs 2]
 
