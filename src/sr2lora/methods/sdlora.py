@@ -29,8 +29,8 @@ code also renormalises only when it rebuilds the network for the next task, afte
   the function whenever the trained norms are not |α_t|. Measured on ``clipart-10t`` (seed 1993): trained
   updates have ‖E_t‖_F ≈ 0.07–0.16, so the hand-over multiplies them by ~6–14 and the run collapses (A_T 1.2%
   against 18.3% with ``keep``); hence ``keep`` is the default. (The authors' code divides by ‖B‖_F‖A‖_F and
-  multiplies by a magnitude re-initialised to 0.8: with their ViT-B settings that product is presumably near the
-  trained norm; we could not check it without their runs.)
+  multiplies by a magnitude re-initialised to 0.8; whether that is continuous depends on their trained norms,
+  which we could not check without their runs.)
 ``magnitudes=layer`` gives every (task, layer, target) its own α instead of one per task.
 
 Variants (§3.5, Algorithm 1):
@@ -49,7 +49,8 @@ Variants (§3.5, Algorithm 1):
 Known deviations from the authors' code (github.com/WuYichen-97/SD-Lora-CL, as read in a public fork of it,
 zyx303/SD-Lora-CL): it normalises past branches by ‖B_k‖_F‖A_k‖_F rather than ‖B_kA_k‖_F (the paper's Eq. 3),
 starts magnitudes at 0.8 and re-initialises the past magnitudes when it builds each new task's network; we
-follow the paper (‖B_kA_k‖_F, ones) and carry the learned α_k over from task to task. It adapts q and v; we
+follow the paper (‖B_kA_k‖_F, ones) and carry the learned α_k over from task to task, and our default hand-over
+keeps the trained update (``handover=keep``, above) where the code rescales it. It adapts q and v; we
 adapt ``model.lora_targets`` (k, v by default). Optimiser and schedule are the preset's, as for every method.
 """
 
