@@ -18,17 +18,14 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse  # noqa: E402
-import json  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
-from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
+from results_io import write_result  # noqa: E402
 
 from sr2lora.alignment import ClassGaussians  # noqa: E402
-
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def make_gaussians(classes: int, dim: int, per_class: int, seed: int = 0) -> ClassGaussians:
@@ -100,10 +97,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"  cached Cholesky (ClassGaussians.sample)  {med['cached']:8.3f} s/epoch")
     print(f"  MultivariateNormal rebuilt every epoch   {med['rebuilt']:8.3f} s/epoch")
     print(f"  speed-up {result['speedup']:.1f}x")
-    path = Path(args.json) if args.json else RESULTS / f"ca{'-quick' if args.quick else ''}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"-> {path}")
+    write_result(result, args.json, f"ca{'-quick' if args.quick else ''}.json")
     return result
 
 

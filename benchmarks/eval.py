@@ -23,7 +23,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse  # noqa: E402
 import copy  # noqa: E402
-import json  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
@@ -33,11 +32,10 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from results_io import write_result  # noqa: E402
 from step import backbone_spec  # noqa: E402
 
 from sr2lora.models.backbone import CILModel, create_vit  # noqa: E402
-
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def build(args: argparse.Namespace) -> tuple[CILModel, torch.nn.Module, torch.Tensor]:
@@ -128,10 +126,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"{k:16s} {r['images_per_s']:9.1f} {r['images_per_s'] / base:8.2f}x "
               f"{r['max_abs_logit_diff_vs_plain']:13.2e}")
     quick = "-quick" if args.quick else ""
-    path = Path(args.json) if args.json else RESULTS / f"eval-{args.backbone.replace('/', '_')}{quick}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"-> {path}")
+    write_result(result, args.json, f"eval-{args.backbone.replace('/', '_')}{quick}.json")
     return result
 
 

@@ -43,10 +43,10 @@ import sys  # noqa: E402
 import time  # noqa: E402
 from contextlib import nullcontext  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
-from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
 import torch  # noqa: E402
+from results_io import write_result  # noqa: E402
 
 from sr2lora.config import load_config  # noqa: E402
 from sr2lora.engine import training_step  # noqa: E402
@@ -54,7 +54,6 @@ from sr2lora.methods import Method, TaskContext, create_method  # noqa: E402
 from sr2lora.models.backbone import IMGFOCUS_BACKBONE, CILModel, create_vit  # noqa: E402
 
 VARIANTS = ("seqlora", "sr2lora", "naive")
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 @dataclass
@@ -347,10 +346,7 @@ def main(argv: list[str] | None = None) -> dict:
     }
     print_table(result, tot_key)
     quick = "-quick" if args.quick else ""
-    path = Path(args.json) if args.json else RESULTS / f"step-{args.backbone.replace('/', '_')}{quick}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"-> {path}")
+    write_result(result, args.json, f"step-{args.backbone.replace('/', '_')}{quick}.json")
     return result
 
 
