@@ -17,7 +17,8 @@ import pytest
 from safetensors import safe_open
 
 from conftest import read_results, run_cli
-from sr2lora.checkpoint import CKPT_DIR, PAUSE_ENV, clean_partial, file_sha256
+from sr2lora.cache import file_sha256
+from sr2lora.checkpoint import CKPT_DIR, PAUSE_ENV, clean_partial
 
 # Three epochs make a task long enough (most of a second) to be killed in the middle of it.
 CFG = ["train.epochs=3", "ca.epochs=1"]

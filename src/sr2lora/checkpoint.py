@@ -47,7 +47,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from .cache import file_sha256  # noqa: F401  (re-exported: engine, cli)
+from .cache import file_sha256
 
 CKPT_DIR = "checkpoint"
 PAUSE_ENV = "SR2LORA_TEST_PAUSE_IN_CHECKPOINT"

@@ -28,11 +28,11 @@ from tqdm import tqdm
 from . import __version__
 from . import distributed as ddp
 from .alignment import ClassGaussians, align_classifier
+from .cache import file_sha256
 from .checkpoint import (
     CheckpointError,
     check_config_unchanged,
     clean_partial,
-    file_sha256,
     load_checkpoint,
     save_checkpoint,
     write_json_atomic,
@@ -345,25 +345,36 @@ class Trainer:
 
     # ------------------------------------------------------------------ statistics, alignment, evaluation
     @torch.no_grad()
-    def extract(self, images, labels, indices, tasks: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Final features (test transform) and run labels of ``images[indices]`` with ``tasks`` branches.
+    def _over_batches(
+        self, images, labels, indices, desc: str, forward: Callable[[torch.Tensor], torch.Tensor],
+        empty: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(``forward(x)`` of every batch, run labels) over ``images[indices]`` with the test transform, in order.
 
-        With several processes each extracts its share of the batches and all get the whole, in order.
+        With several processes each computes its share of the batches and all get the whole, in order.
+        ``forward`` returns a CPU tensor per batch; ``empty`` is its zero-row shape for a rank with no batch.
         """
         bs = self.cfg.train.eval_batch_size
         mine = ddp.shard_batches(indices, bs, self.dist)
         loader = self._loader(images, labels, mine, self.test_tf, False, bs, 0)
-        feats, ys = [torch.zeros(0, self.model.embed_dim)], [torch.zeros(0, dtype=torch.int64)]
+        outs, ys = [empty], [torch.zeros(0, dtype=torch.int64)]
         self.model.eval()
-        for x, y, _ in tqdm(loader, desc="features", disable=not self.progress, leave=False):
+        for x, y, _ in tqdm(loader, desc=desc, disable=not self.progress, leave=False):
             check_interrupt()
             with self._autocast():
-                out = self.model(x.to(self.device), tasks=tasks, logits=False)
-            feats.append(out.feature.float().cpu())
+                outs.append(forward(x.to(self.device)))
             ys.append(y.to(torch.int64))
         n = len(indices)
-        feats, ys = torch.cat(feats), torch.cat(ys)
-        return ddp.gather_batches(feats, n, bs, self.dist), ddp.gather_batches(ys, n, bs, self.dist)
+        out = ddp.gather_batches(torch.cat(outs), n, bs, self.dist)
+        return out, ddp.gather_batches(torch.cat(ys), n, bs, self.dist)
+
+    def extract(self, images, labels, indices, tasks: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Final features (test transform) and run labels of ``images[indices]`` with ``tasks`` branches."""
+        return self._over_batches(
+            images, labels, indices, "features",
+            lambda x: self.model(x, tasks=tasks, logits=False).feature.float().cpu(),
+            torch.zeros(0, self.model.embed_dim),
+        )
 
     def _lora_tasks(self, t: int) -> int:
         return t + 1 if self.method.uses_lora else 0
@@ -401,24 +412,15 @@ class Trainer:
         if self.dist.enabled:  # every rank aligned the same statistics with the same seed; make it bit-exact
             ddp.broadcast_([p for h in list(heads)[: t + 1] for p in h.parameters()], self.dist)
 
-    @torch.no_grad()
     def predict_eval(self, t: int) -> tuple[np.ndarray, np.ndarray]:
         """(predicted run labels, true run labels) on the evaluation items of classes seen after task t."""
         idx = self._task_indices(self.data.eval_labels, self.data.eval_index, 0, self.scenario.seen_classes(t))
-        bs = self.cfg.train.eval_batch_size
-        mine = ddp.shard_batches(idx, bs, self.dist)
-        loader = self._loader(self.data.eval_images, self.data.eval_labels, mine, self.test_tf, False, bs, 0)
-        preds, ys = [torch.zeros(0, dtype=torch.int64)], [torch.zeros(0, dtype=torch.int64)]
-        self.model.eval()
-        for x, y, _ in tqdm(loader, desc="evaluate", disable=not self.progress, leave=False):
-            check_interrupt()
-            with self._autocast():
-                out = self.model(x.to(self.device), tasks=self._lora_tasks(t), heads=t + 1)
-            preds.append(out.logits.float().argmax(-1).cpu())
-            ys.append(y.to(torch.int64))
-        n = len(idx)
-        pred = ddp.gather_batches(torch.cat(preds), n, bs, self.dist)
-        return pred.numpy(), ddp.gather_batches(torch.cat(ys), n, bs, self.dist).numpy()
+        pred, y = self._over_batches(
+            self.data.eval_images, self.data.eval_labels, idx, "evaluate",
+            lambda x: self.model(x, tasks=self._lora_tasks(t), heads=t + 1).logits.float().argmax(-1).cpu(),
+            torch.zeros(0, dtype=torch.int64),
+        )
+        return pred.numpy(), y.numpy()
 
     def evaluate(self, t: int) -> None:
         pred, y = self.predict_eval(t)
