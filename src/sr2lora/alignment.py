@@ -2,21 +2,25 @@
 
 After task t, each *new* class c gets μ_c and Σ_c = cov + shrink·I of its training features (test transform,
 current model); old classes' statistics are never recomputed. CA then re-trains all heads jointly on features
-sampled from N(μ_c, Σ_c): each epoch draws ``samples_factor × batch`` samples per seen class as μ + z Lᵀ with
-the cached Cholesky factor L, shuffles them and takes SGD steps on mini-batches of ``batch`` samples with loss
-mean softmax entropy + LogitNorm CE(τ); CosineAnnealingLR(T_max) stepped per epoch (the reference's schedule).
+sampled from N(μ_c, Σ_c): each epoch draws ``n = samples_factor × batch`` samples per seen class as μ + z Lᵀ
+with the cached Cholesky factor L, shuffles them and takes SGD steps with loss mean softmax entropy + LogitNorm
+CE(τ); CosineAnnealingLR(T_max) stepped per epoch (the reference's schedule). The reference's mini-batch is ``n``
+samples (``minibatch="reference"``: C steps per epoch for C seen classes); ``minibatch="batch"`` steps on
+mini-batches of ``batch`` samples instead (``samples_factor``× more steps; this toolkit's earlier behaviour).
 The heads are trained as one concatenated (C × d) matrix, which is what the per-task heads compute together.
 """
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 
 from .losses import logitnorm_cross_entropy, softmax_entropy
+
+MINIBATCH_MODES = ("reference", "batch")  # ca.minibatch: samples_factor × batch per step (reference) | batch
 
 
 class ClassGaussians:
@@ -28,6 +32,7 @@ class ClassGaussians:
         self.chols: dict[int, torch.Tensor] = {}
         self.counts: dict[int, int] = {}
         self.fallback: list[int] = []  # classes that got the isotropic fallback covariance
+        self._stack: tuple[tuple[int, ...], torch.Tensor, torch.Tensor] | None = None  # cached stacked()
 
     def __len__(self) -> int:
         return len(self.means)
@@ -46,6 +51,7 @@ class ClassGaussians:
 
         ``class_names[c]`` (indexed by label) names a class in the warning about a too-small class.
         """
+        self._stack = None
         features = features.double()
         eye = torch.eye(self.dim, dtype=torch.float64, device=features.device)
         for c in classes:
@@ -69,13 +75,23 @@ class ClassGaussians:
             self.counts[int(c)] = len(x)
 
     def stacked(self, classes: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        return torch.stack([self.means[c] for c in classes]), torch.stack([self.chols[c] for c in classes])
+        """(means (C, d), transposed Cholesky factors Lᵀ (C, d, d)) of ``classes``, built once and cached.
+
+        Every epoch of an alignment samples the same classes, so the stack is reused instead of rebuilt (the
+        copy of C·d² floats was most of an epoch's sampling time); adding or loading classes drops the cache.
+        """
+        key = tuple(int(c) for c in classes)
+        if self._stack is None or self._stack[0] != key:
+            mu = torch.stack([self.means[c] for c in key])
+            chol_t = torch.stack([self.chols[c].T for c in key]).contiguous()
+            self._stack = (key, mu, chol_t)
+        return self._stack[1], self._stack[2]
 
     def sample(self, classes: list[int], n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """``n`` samples of each class as μ + z Lᵀ, all classes in one batched matmul: (C·n, d), labels."""
-        mu, chol = self.stacked(classes)
+        mu, chol_t = self.stacked(classes)
         z = torch.randn(len(classes), n, self.dim, generator=generator)
-        x = mu[:, None, :] + torch.bmm(z, chol.transpose(1, 2))
+        x = torch.baddbmm(mu[:, None, :], z, chol_t)  # μ + z Lᵀ in one fused call, no temporary for z Lᵀ
         y = torch.tensor(classes).repeat_interleave(n)
         return x.reshape(-1, self.dim), y
 
@@ -89,6 +105,7 @@ class ClassGaussians:
         return out
 
     def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        self._stack = None
         for k, v in tensors.items():
             kind, _, c = k.partition(".")
             if kind == "mean":
@@ -115,8 +132,16 @@ def align_classifier(
     tau: float = 0.1,
     t_max: int = 5,
     generator: torch.Generator | None = None,
+    minibatch: str = "reference",
+    on_step: Callable[[], None] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Re-train the stacked heads (C × d, C) on samples of the class Gaussians; returns the new (weight, bias)."""
+    """Re-train the stacked heads (C × d, C) on samples of the class Gaussians; returns the new (weight, bias).
+
+    ``minibatch="reference"``: mini-batches of ``samples_factor × batch_size`` samples (C steps per epoch);
+    ``"batch"``: mini-batches of ``batch_size``. ``on_step`` is called after every optimiser step (counting).
+    """
+    if minibatch not in MINIBATCH_MODES:
+        raise ValueError(f"minibatch: expected one of {', '.join(MINIBATCH_MODES)}, got {minibatch!r}")
     generator = generator or torch.Generator().manual_seed(0)
     w = weight.detach().clone().float().cpu().requires_grad_(True)
     b = bias.detach().clone().float().cpu().requires_grad_(True)
@@ -124,16 +149,19 @@ def align_classifier(
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=t_max)
     classes = list(range(num_classes))
     per_class = samples_factor * batch_size
+    step_size = per_class if minibatch == "reference" else batch_size
     for _ in range(epochs):
         x, y = gaussians.sample(classes, per_class, generator)
         perm = torch.randperm(len(y), generator=generator)
         x, y = x[perm], y[perm]
-        for start in range(0, len(y), batch_size):
-            xb, yb = x[start : start + batch_size], y[start : start + batch_size]
+        for start in range(0, len(y), step_size):
+            xb, yb = x[start : start + step_size], y[start : start + step_size]
             logits = F.linear(xb, w, b)
             loss = softmax_entropy(logits) + logitnorm_cross_entropy(logits, yb, tau)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            if on_step is not None:
+                on_step()
         sched.step()
     return w.detach(), b.detach()

@@ -22,7 +22,6 @@ branches are never changed after their task), so one code path serves both the i
 from __future__ import annotations
 
 import json
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +30,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from .callbacks import Callback
+from .checkpoint import write_json_atomic
+from .drift_margin import drift_margin_summary
 from .losses import relation_matrix, relation_spectrum
+from .run_dir import discover_runs
 
 if TYPE_CHECKING:
     from .engine import Trainer
@@ -169,7 +172,7 @@ class DriftTracker:
                 "after": [{"t": t, **self.records[j][t]} for t in sorted(self.records[j])],
             })
         learned = max(self.records) + 1 if self.records else 0
-        return {
+        doc = {
             "schema": SCHEMA,
             **self.meta,
             "num_layers": self.num_layers,
@@ -178,6 +181,8 @@ class DriftTracker:
             "tasks": tasks,
             "summary": summarize_drift(tasks, learned),
         }
+        doc["drift_margin"] = drift_margin_summary([doc])  # this run's pairs (sr2lora.drift_margin)
+        return doc
 
 
 def summarize_drift(tasks: list[dict[str, Any]], learned: int) -> list[dict[str, Any]]:
@@ -264,79 +269,29 @@ def trainer_tracker(trainer: Trainer, samples_per_task: int, seed: int, source: 
     return tracker
 
 
-def analyze_run(run_dir: str | Path, samples_per_task: int | None = None, seed: int | None = None,
-                device: str | None = None) -> dict[str, Any]:
-    """Recompute the drift measures of a run from its final checkpoint (no training); returns drift.json's dict.
+class DriftLog(Callback):
+    """``analysis.enabled``: the drift tracker as a logger of the trainer; RUN/drift.json rewritten after every
+    task (``out_dir`` None: measured, not written)."""
 
-    Models after earlier tasks are exact (``tasks=s+1``); margins use the per-task head snapshots the checkpoint
-    holds (runs from before the snapshots existed fall back to the final heads, with a warning and
-    ``"heads": "final"`` in the result).
-    """
-    from .config import load_config
-    from .engine import Trainer
+    def __init__(self, trainer: Trainer, out_dir: Path | None) -> None:
+        a = trainer.cfg.analysis
+        self.path = out_dir / "drift.json" if out_dir is not None else None
+        previous = trainer.out_dir / "drift.json" if trainer.out_dir is not None else None
+        self.tracker = trainer_tracker(trainer, a.samples_per_task, a.seed, "training", previous=previous)
 
-    run_dir = Path(run_dir)
-    cfg_file = run_dir / "config.yaml"
-    if not cfg_file.is_file():
-        raise FileNotFoundError(f"{run_dir}: not a run folder (no config.yaml)")
-    overrides = [f"train.device={device}"] if device else []
-    cfg = load_config(str(cfg_file), overrides)
-    n = samples_per_task if samples_per_task is not None else cfg.analysis.samples_per_task
-    s = seed if seed is not None else cfg.analysis.seed
-    if n <= 0:
-        raise ValueError(f"--samples: must be positive, got {n}")
-    trainer = Trainer(cfg, run_dir, progress=False)
-    learned = trainer.restore()
-    if learned == 0:
-        raise FileNotFoundError(f"{run_dir}: no checkpoint (the run has not finished a task)")
-    tracker = trainer_tracker(trainer, n, s, "checkpoint", heads=read_head_snapshots(run_dir))
-    for t in range(learned):
-        tracker.step(t)
-    doc = tracker.to_json()
-    missing = tracker.heads_missing
-    doc["heads"] = "final" if missing else "per-task snapshots"
-    if missing:
-        warnings.warn(f"{run_dir}: the checkpoint has no per-task head snapshots; margins use the final heads",
-                      stacklevel=2)
-    doc["run"] = str(run_dir)
-    return doc
+    def on_task(self, trainer: Trainer, t: int) -> None:
+        self.tracker.step(t)
+        if self.path is not None:
+            write_json_atomic(self.path, self.tracker.to_json())
 
 
 def find_run_dirs(paths: Sequence[str | Path]) -> list[Path]:
     """Run folders to analyze: a folder with config.yaml as given, any other folder searched for finished runs."""
-    from .report import discover_runs
-
     out: list[Path] = []
     for p in paths:
         p = Path(p)
         out.extend([p] if (p / "config.yaml").is_file() else discover_runs([p]))
     return out
-
-
-def analyze_or_reuse(run_dir: str | Path, samples_per_task: int | None = None, seed: int | None = None,
-                     device: str | None = None, recompute: bool = False) -> tuple[dict[str, Any], bool]:
-    """(drift document, reused?) for ``sr2lora analyze``: RUN/drift.json when it already covers every task with
-    the same sample (written during training or by an earlier call), else :func:`analyze_run`, saved there."""
-    from .checkpoint import write_json_atomic
-    from .config import load_config
-
-    run_dir = Path(run_dir)
-    path = run_dir / "drift.json"
-    if path.is_file() and not recompute and (run_dir / "config.yaml").is_file():
-        a = load_config(str(run_dir / "config.yaml")).analysis
-        want_n = samples_per_task if samples_per_task is not None else a.samples_per_task
-        want_seed = seed if seed is not None else a.seed
-        try:
-            doc = load_drift(path)
-            results = json.loads((run_dir / "results.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            doc, results = {}, {}
-        if (doc.get("schema") == SCHEMA and doc.get("samples_per_task") == want_n
-                and doc.get("sample_seed") == want_seed and doc.get("tasks_analyzed") == results.get("num_tasks")):
-            return doc, True
-    doc = analyze_run(run_dir, samples_per_task, seed, device)
-    write_json_atomic(path, doc)
-    return doc, False
 
 
 def read_head_snapshots(run_dir: str | Path) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
@@ -378,7 +333,7 @@ def plot_drift(docs: Sequence[tuple[str, dict[str, Any]]], out_dir: str | Path) 
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    from .report import save_figure
+    from .render import save_figure
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -7,9 +7,11 @@ Layout of a run folder::
         model.safetensors    LoRA factors (A, B) of every task so far and every task's head
         stats.safetensors    class statistics for classifier alignment (mean, Cholesky factor, count)
         method.safetensors   the method's own state carried across tasks (may be empty)
+        heads.safetensors    the heads as after each task (sr2lora.snapshots)
         state.json           scenario position (task index, num_tasks, class order, task offsets), the
-                             metrics so far (accuracy matrix, curve, counts, per-epoch rows, task times) and
-                             the sha256 of RUN/config.yaml
+                             metrics so far (accuracy matrix, curve, counts, per-epoch rows, task times),
+                             the sha256 of RUN/config.yaml and the dataset's identity
+        manifest.json        every file above with its sha256, written last; resume verifies it
     RUN/results.json         written when the run finishes
 
 Nothing is pickled: loading uses ``safetensors.torch.load_file`` and ``json``, which cannot run code, so a
@@ -21,7 +23,8 @@ folder that ``state.json`` sits in is therefore always complete. A crash mid-wri
 (or puts back). A failed write (disk full, permissions) raises :class:`CheckpointError` and removes the temp
 folder; the previous checkpoint stays as it was.
 
-Resume refuses a run whose ``config.yaml`` no longer has the sha256 recorded in ``state.json``.
+Resume refuses a run whose ``config.yaml`` no longer has the sha256 recorded in ``state.json``, and a
+checkpoint with a file missing or changed against ``manifest.json``.
 
 Random state is not saved, by design: all randomness of task t (LoRA initialisation, data order and
 augmentation, classifier-alignment sampling) is seeded from (seed, t) at the start of the task
@@ -37,6 +40,7 @@ from __future__ import annotations
 
 import errno
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -48,6 +52,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .cache import file_sha256
+from .errors import CheckpointError
 
 CKPT_DIR = "checkpoint"
 PAUSE_ENV = "SR2LORA_TEST_PAUSE_IN_CHECKPOINT"
@@ -55,9 +60,6 @@ STATE_KEYS = ("task", "matrix", "curve", "counts", "task_seconds")  # what a res
 # Errors of a write that fails for lack of room or rights: reported as a CheckpointError, not a traceback.
 WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.EFBIG})
 
-
-class CheckpointError(RuntimeError):
-    """A checkpoint is missing, incomplete or does not belong to this run."""
 
 
 def _fsync_dir(path: Path) -> None:
@@ -73,9 +75,27 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def json_safe(data: Any) -> Any:
+    """``data`` with every NaN/inf float replaced by None: JSON has no NaN, and a file holding one is not JSON.
+
+    The engine stops on a diverged stage, so what remains are undefined values (an accuracy over zero test
+    images); results.json says why next to them (``empty_eval_tasks``).
+    """
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {k: json_safe(v) for k, v in data.items()}
+    if isinstance(data, list | tuple):
+        return [json_safe(v) for v in data]
+    return data
+
+
 def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON to ``path`` via a fsynced temp file and rename, so readers never see half a file."""
+    """Write JSON to ``path`` via a fsynced temp file and rename, so readers never see half a file.
+
+    Non-finite floats are written as null (:func:`json_safe`)."""
     path = Path(path)
+    data = json_safe(data)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
@@ -103,6 +123,7 @@ def save_checkpoint(run_dir: Path, tensors: dict[str, dict[str, torch.Tensor]], 
             with open(target, "rb") as fh:
                 os.fsync(fh.fileno())
         write_json_atomic(tmp / "state.json", state)
+        write_manifest(tmp)  # last: every file above with its sha256
         _fsync_dir(tmp)
         pause = os.environ.get(PAUSE_ENV)
         if pause:  # test-only hook (see the module docstring)
@@ -128,6 +149,46 @@ def save_checkpoint(run_dir: Path, tensors: dict[str, dict[str, torch.Tensor]], 
         raise
 
 
+MANIFEST = "manifest.json"
+
+
+def write_manifest(ckpt: Path) -> None:
+    """Write ``ckpt/manifest.json``: {file name: sha256} of every file in the checkpoint folder."""
+    files = {f.name: file_sha256(f) for f in sorted(ckpt.iterdir()) if f.is_file() and f.name != MANIFEST}
+    write_json_atomic(ckpt / MANIFEST, {"files": files})
+
+
+def verify_manifest(ckpt: Path) -> None:
+    """Raise CheckpointError unless every file the manifest lists is present with its recorded sha256.
+
+    A checkpoint is one unit: resuming from one with a missing or altered file would mix two states (or
+    silently start a method's state from scratch)."""
+    path = ckpt / MANIFEST
+    if not path.is_file():
+        raise CheckpointError(
+            f"{ckpt}: no {MANIFEST} (the list of the checkpoint's files, written last); the checkpoint is "
+            f"incomplete, was altered or was written by an older sr2lora. Start a new run with another --out"
+        )
+    try:
+        files = json.loads(path.read_text(encoding="utf-8"))["files"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{path}: unreadable checkpoint manifest ({exc}); the checkpoint is damaged") from exc
+    if not isinstance(files, dict):
+        raise CheckpointError(f"{path}: unreadable checkpoint manifest (no file list); the checkpoint is damaged")
+    for name, expected in sorted(files.items()):
+        f = ckpt / name
+        if not f.is_file():
+            raise CheckpointError(
+                f"{f}: missing from the checkpoint (listed in {MANIFEST}); the checkpoint cannot be resumed "
+                f"without it. Restore the file or start a new run with another --out"
+            )
+        if file_sha256(f) != expected:
+            raise CheckpointError(
+                f"{f}: changed since the checkpoint was written (sha256 differs from {MANIFEST}); the checkpoint "
+                f"cannot be resumed. Restore the file or start a new run with another --out"
+            )
+
+
 def clean_partial(run_dir: Path) -> None:
     """Remove temp folders left by a crash during a checkpoint write; restore a swapped-out checkpoint."""
     run_dir = Path(run_dir)
@@ -141,8 +202,12 @@ def clean_partial(run_dir: Path) -> None:
         shutil.rmtree(p, ignore_errors=True)
 
 
-def load_checkpoint(run_dir: Path) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, Any]] | None:
-    """(tensor groups, state) of the last complete task, or None when the run has no checkpoint yet."""
+def load_checkpoint(
+    run_dir: Path, verify: bool = False
+) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, Any]] | None:
+    """(tensor groups, state) of the last complete task, or None when the run has no checkpoint yet.
+
+    ``verify=True`` (resume) also checks every file against ``manifest.json`` (:func:`verify_manifest`)."""
     ckpt = Path(run_dir) / CKPT_DIR
     state_file = ckpt / "state.json"
     if not state_file.exists():
@@ -164,7 +229,20 @@ def load_checkpoint(run_dir: Path) -> tuple[dict[str, dict[str, torch.Tensor]], 
             raise CheckpointError(f"{f}: not a valid safetensors file ({exc}); the checkpoint is damaged") from exc
         group.pop("_empty", None)
         groups[f.stem] = group
+    if verify:  # after loading, so a file that is not safetensors at all is named as such first
+        verify_manifest(ckpt)
     return groups, state
+
+
+def check_resumable(run_dir: Path) -> None:
+    """Before any work on ``--resume``: config.yaml unchanged and, when there is a checkpoint, its files intact
+    (``checkpoint.old-*`` left by a crash mid-swap is put back first, as the resume itself would)."""
+    run_dir = Path(run_dir)
+    check_config_unchanged(run_dir)
+    ckpt = run_dir / CKPT_DIR
+    if not ckpt.exists() and any(run_dir.glob(f"{CKPT_DIR}.old-*")):
+        return  # the engine restores the swapped-out checkpoint and verifies it then
+    load_checkpoint(run_dir, verify=True)  # a file that is not safetensors is named as such, then the manifest
 
 
 def check_config_unchanged(run_dir: Path, state: dict[str, Any] | None = None) -> None:

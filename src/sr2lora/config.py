@@ -18,9 +18,8 @@ from typing import Any, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """A configuration value is invalid; the message names the key and what would be valid."""
+from .config_checks import check_ranges, check_yaml_size
+from .errors import ConfigError
 
 
 @dataclass
@@ -78,7 +77,7 @@ class TrainConfig:
     warmup_steps: int = 0  # cosine-step only
     loss: str = "ce"  # ce | logitnorm (the reference on ImageNet-A)
     logitnorm_tau: float = 0.1
-    precision: str = "fp32"  # fp32 | bf16 (autocast; relation always fp32)
+    precision: str = "auto"  # auto (bf16 where the device computes it natively, else fp32) | fp32 | bf16
     compile: bool = False
     eval_batch_size: int = 256
     threads: int = 0  # torch intra-op threads; 0 = leave torch's default
@@ -108,6 +107,18 @@ class CAConfig:
     cov_shrink: float = 0.01  # Σ_c = cov + cov_shrink · I
     t_max: int = 5  # CosineAnnealingLR(T_max) stepped per epoch (reference)
     fallback_var: float = 1.0  # isotropic variance for a class with fewer than 2 samples
+    minibatch: str = "reference"  # reference (steps of samples_factor × batch: C per epoch) | batch
+
+
+@dataclass
+class ClassifierConfig:
+    """What turns features into predictions at evaluation (see docs/classifiers.md); any method, any classifier."""
+
+    kind: str = "auto"  # auto (the method's own: ca for most) | ca | ncm | ridge
+    rp_dim: int = 10000  # ridge: random-projection size M (RanPAC's 10000; 0 = no projection, ridge on f)
+    lambdas: list[float] = field(default_factory=lambda: [10.0**k for k in range(-8, 9)])  # ridge λ grid
+    val_fraction: float = 0.2  # ridge: share of each class's training features held out to choose λ
+    seed: int = 0  # ridge: combined with the run seed for the random projection and the held-out split
 
 
 @dataclass
@@ -130,6 +141,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     method: MethodConfig = field(default_factory=MethodConfig)
     ca: CAConfig = field(default_factory=CAConfig)
+    classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
     preset: str | None = None  # the preset this config came from (informational)
     description: str = ""
@@ -174,6 +186,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    check_yaml_size(data, str(path))  # before anything copies or prints it: aliases can expand exponentially
     return data
 
 
@@ -195,15 +208,36 @@ def load_preset_dict(name_or_path: str, _seen: tuple[str, ...] = ()) -> dict[str
     base = data.pop("base", None)
     if base is None:
         return data
-    merged = load_preset_dict(str(base), _seen + (str(path),))
+    merged = load_preset_dict(_base_path(path, base), _seen + (str(path),))
     _deep_update(merged, data)
     return merged
 
 
-def _deep_update(dst: dict[str, Any], src: dict[str, Any]) -> None:
+def _base_path(preset: Path, base: Any) -> str:
+    """A preset's ``base``: a shipped preset name, or a YAML path relative to the preset's own folder."""
+    if not isinstance(base, str) or not base:
+        raise ConfigError(f"{preset}: base: expected a preset name or a .yaml path, got {base!r}")
+    if Path(base).suffix in (".yaml", ".yml"):
+        candidate = Path(base).expanduser()
+        if not candidate.is_absolute():
+            candidate = preset.parent / candidate
+        if not candidate.is_file():
+            raise ConfigError(f"{preset}: base: {base} not found (looked for {candidate}; a relative base is read "
+                              f"from the folder of the preset that names it)")
+        return str(candidate)
+    if not (preset_dir() / f"{base}.yaml").is_file():
+        hint = difflib.get_close_matches(base, preset_names(), n=3)
+        extra = f"; did you mean {', '.join(hint)}?" if hint else ""
+        raise ConfigError(f"{preset}: base: no preset named {base!r}{extra} (`sr2lora presets` lists them)")
+    return base
+
+
+def _deep_update(dst: dict[str, Any], src: dict[str, Any], merge_all: bool = False) -> None:
+    """Merge ``src`` into ``dst``; a ``timm_kwargs`` mapping replaces the one below unless ``merge_all`` (a dotted
+    override such as ``model.timm_kwargs.depth=2`` changes one keyword and keeps the others)."""
     for k, v in src.items():
-        if isinstance(v, dict) and isinstance(dst.get(k), dict) and k not in ("timm_kwargs",):
-            _deep_update(dst[k], v)
+        if isinstance(v, dict) and isinstance(dst.get(k), dict) and (merge_all or k not in ("timm_kwargs",)):
+            _deep_update(dst[k], v, merge_all)
         else:
             dst[k] = v
 
@@ -225,6 +259,7 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
             value = yaml.safe_load(raw) if raw.strip() != "" else ""
         except yaml.YAMLError:
             value = raw
+        check_yaml_size(value, f"override {key}")
         node = out
         parts = key.split(".")
         for part in parts[:-1]:
@@ -306,7 +341,7 @@ def _unknown_key(key: str, valid: list[str]) -> ConfigError:
     hint = difflib.get_close_matches(leaf, valid, n=1)
     prefix = key.rsplit(".", 1)[0] + "." if "." in key else ""
     extra = f"; did you mean {prefix}{hint[0]}?" if hint else ""
-    return ConfigError(f"unknown config key {key!r}{extra} (valid: {', '.join(sorted(valid))})")
+    return ConfigError(f"unknown config key {key!r}{extra} (valid: {', '.join(sorted(valid)) or 'none'})")
 
 
 def _build_section(cls: type, data: dict[str, Any], prefix: str) -> Any:
@@ -348,11 +383,16 @@ def build_config(data: dict[str, Any]) -> RunConfig:
     mdata.update(mdata.pop("options", {}) or {})
     method_cls = get_method_class(name)
     opt_cls = method_cls.Options
-    options = _build_section(opt_cls, mdata, "method.")
+    try:
+        options = _build_section(opt_cls, mdata, "method.")
+    except ConfigError as exc:  # name the method: in a sweep over method.name an option may fit only some
+        raise ConfigError(f"method.name={name}: {exc}") from exc
     method_cls(options, weight)  # a method validates its own options (raises ConfigError naming the key)
     kwargs["method"] = MethodConfig(name=name, weight=weight, options=dataclasses.asdict(options))
     cfg = RunConfig(**kwargs)
     validate(cfg)
+    if cfg.classifier.kind == "auto":  # the saved config (and the report) name the classifier that ran
+        cfg.classifier.kind = getattr(method_cls, "default_classifier", "ca")
     return cfg
 
 
@@ -360,8 +400,12 @@ def load_config(preset: str | None, overrides: list[str] | dict[str, Any] | None
     """Preset (name or path; None = defaults) + overrides → a validated RunConfig."""
     data = load_preset_dict(preset) if preset else {}
     if isinstance(overrides, list):
-        overrides = parse_overrides(overrides)
-    _deep_update(data, overrides or {})
+        parse_overrides(overrides)  # every item well-formed first
+        for item in overrides:  # in order; a dotted key into a mapping merges into it
+            key = item.split("=", 1)[0].strip()
+            _deep_update(data, parse_overrides([item]), merge_all="timm_kwargs" in key.split(".")[:-1])
+    else:
+        _deep_update(data, overrides or {})
     cfg = build_config(data)
     if preset and cfg.preset is None:
         cfg.preset = Path(preset).stem
@@ -396,7 +440,7 @@ def validate(cfg: RunConfig) -> None:
         "train.optimizer": (t.optimizer, ("adam", "sgd")),
         "train.schedule": (t.schedule, ("reference", "cosine-step", "constant")),
         "train.loss": (t.loss, ("ce", "logitnorm")),
-        "train.precision": (t.precision, ("fp32", "bf16")),
+        "train.precision": (t.precision, ("auto", "fp32", "bf16")),
         "data.normalize": (d.normalize, ("none", "imagenet", "backbone")),
     }
     for key, (val, ok) in choices.items():
@@ -410,8 +454,35 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"data.test_fraction: expected 0 < x < 1, got {d.test_fraction}")
     if cfg.ca.epochs < 0:
         raise ConfigError(f"ca.epochs: must be >= 0, got {cfg.ca.epochs}")
+    if cfg.ca.minibatch not in ("reference", "batch"):
+        raise ConfigError(f"ca.minibatch: expected one of reference, batch, got {cfg.ca.minibatch!r}")
+    validate_classifier(cfg.classifier)
+    check_ranges(cfg)  # every numeric key's range, list item types, the device's form
     if cfg.analysis.samples_per_task <= 0:
         raise ConfigError(f"analysis.samples_per_task: must be positive, got {cfg.analysis.samples_per_task}")
+
+
+def validate_classifier(c: ClassifierConfig) -> None:
+    """The ``classifier.`` section: kind, projection size, λ grid and held-out share."""
+    kinds = ("auto", "ca", "ncm", "ridge")
+    if c.kind not in kinds:
+        raise ConfigError(f"classifier.kind: expected one of {', '.join(kinds)}, got {c.kind!r}")
+    if c.rp_dim < 0:
+        raise ConfigError(f"classifier.rp_dim: must be >= 0 (0 = no random projection), got {c.rp_dim}")
+    if not c.lambdas or any(lam <= 0 for lam in c.lambdas):
+        raise ConfigError(f"classifier.lambdas: expected a non-empty list of positive numbers, got {c.lambdas}")
+    if not 0 < c.val_fraction < 1:
+        raise ConfigError(f"classifier.val_fraction: expected 0 < x < 1, got {c.val_fraction}")
+
+
+# Keys that change where or how fast a run computes, not what it computes: a resume may change them, a finished
+# run is reused whatever they are, and the report never groups runs by them.
+RUNTIME_KEYS = frozenset({"train.device", "train.threads", "data.num_workers", "data.root", "train.eval_batch_size"})
+
+
+def experiment_dict(cfg: RunConfig) -> dict[str, Any]:
+    """The flattened config without :data:`RUNTIME_KEYS`: two runs with equal dicts compute the same thing."""
+    return {k: v for k, v in flatten(cfg.to_dict()).items() if k not in RUNTIME_KEYS}
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:

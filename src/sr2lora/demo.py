@@ -2,27 +2,38 @@
 
 Runs each method on one preset and seed (default ``clipart-10t``: a pre-trained ViT-S/14 on 40 clip-art
 classes in 10 tasks), then prints a side-by-side table and writes a report with figures. A method whose run
-folder already holds a finished run with the same config is reused, so an interrupted demo continues where it
+folder already holds a finished run of the same experiment is reused, so an interrupted demo continues where it
 stopped; ``--fresh`` reruns everything (same seed → same accuracies).
+
+With ``jobs`` > 1 the methods run as that many single-thread ``sr2lora run`` processes at once. On small CPUs
+this is the faster way to use the cores: two threads of one process share a ViT's small matmuls at ~65%
+efficiency, two processes at ~100%, and 1-thread and 2-thread runs of a seed give the same accuracies.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
+import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
-from .config import RunConfig, load_config
+from .config import RunConfig, experiment_dict, load_config
+from .errors import TrainingError
+from .signals import check_interrupt
 
 DEMO_METHODS = ("sr2lora", "seqlora", "frozen")
 
 
-def _same_config(run_dir: Path, cfg: RunConfig) -> bool:
+def _same_experiment(run_dir: Path, cfg: RunConfig) -> bool:
     saved = run_dir / "config.yaml"
     if not saved.is_file():
         return False
-    return load_config(str(saved)).to_dict() == cfg.to_dict()
+    return experiment_dict(load_config(str(saved))) == experiment_dict(cfg)
 
 
 def summary_table(results: list[dict]) -> str:
@@ -37,6 +48,77 @@ def summary_table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def default_jobs() -> int:
+    """Parallel single-thread runs: one per core the process may use, at most two (the demo has three runs)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(2, cores))
+
+
+def _run_in_processes(preset: str, todo: Sequence[tuple[str, Path, list[str], bool]], jobs: int) -> None:
+    """Run ``sr2lora run`` for each (method, folder, overrides, resume), ``jobs`` at a time, echoing their lines.
+
+    Each child's output also goes to ``folder/log.txt``. A failed child does not stop the others; after all
+    have ended a :class:`TrainingError` names the failed ones and their logs. SIGINT/SIGTERM reach the children
+    (they stop cleanly and can be resumed) before this process stops.
+    """
+    queue = list(todo)
+    lock = threading.Lock()
+    failed: list[str] = []
+    procs: list[subprocess.Popen] = []
+
+    def worker() -> None:
+        while True:
+            with lock:
+                if not queue:
+                    return
+                method, run_dir, overrides, resume = queue.pop(0)
+            run_dir.parent.mkdir(parents=True, exist_ok=True)
+            where = ["--resume", str(run_dir), "train.threads=1"] if resume else [
+                "--preset", preset, "--out", str(run_dir), *overrides]
+            cmd = [sys.executable, "-m", "sr2lora", "run", *where]
+            log_path = run_dir.parent / f"{run_dir.name}.log"
+            with open(log_path, "w", encoding="utf-8") as log:
+                proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                        env=dict(os.environ, PYTHONUNBUFFERED="1"))
+                with lock:
+                    procs.append(proc)
+                for line in proc.stdout:
+                    log.write(line)
+                    print(f"[{method}] {line}", end="", flush=True)
+                code = proc.wait()
+            if code == 0 and run_dir.is_dir():
+                shutil.move(str(log_path), run_dir / "log.txt")
+            else:
+                with lock:
+                    failed.append(f"{method} (exit {code}; log {log_path})")
+
+    threads = [threading.Thread(target=worker, daemon=True) for _ in range(min(jobs, len(todo)))]
+    try:
+        for th in threads:
+            th.start()
+        for th in threads:
+            while th.is_alive():
+                th.join(0.5)
+                check_interrupt()
+    except BaseException:  # Ctrl-C or SIGTERM turned into an exception: stop the children cleanly first
+        with lock:
+            queue.clear()
+            for p in procs:
+                if p.poll() is None:
+                    p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        raise
+    if failed:
+        raise TrainingError(f"demo: these runs failed: {'; '.join(failed)}")
+
+
 def run_demo(
     preset: str = "clipart-10t",
     out: str | Path = "runs/demo",
@@ -44,6 +126,7 @@ def run_demo(
     overrides: list[str] | None = None,
     fresh: bool = False,
     progress: bool = True,
+    jobs: int = 1,
 ) -> Path:
     """Run (or reuse) each method's run under ``out/<method>``, print the table, write ``out/report``."""
     from .engine import Trainer
@@ -51,25 +134,44 @@ def run_demo(
 
     out = Path(out)
     start = time.perf_counter()
-    run_dirs, results = [], []
+    run_dirs, todo = [], []
+    threads = ["train.threads=1"] if jobs > 1 else []
     for i, method in enumerate(methods):
-        cfg = load_config(preset, [*(overrides or []), f"method.name={method}"])
+        method_overrides = [*(overrides or []), f"method.name={method}", *threads]
+        cfg = load_config(preset, method_overrides)
         run_dir = out / method
         if fresh and run_dir.exists():
             shutil.rmtree(run_dir)
-        if (run_dir / "results.json").is_file() and _same_config(run_dir, cfg):
+        same = _same_experiment(run_dir, cfg)
+        if (run_dir / "results.json").is_file() and same:
             print(f"[{i + 1}/{len(methods)}] {method}: reusing the finished run in {run_dir}")
+        elif same and (run_dir / "checkpoint").is_dir():  # interrupted: continue from its last task
+            print(f"[{i + 1}/{len(methods)}] {method}: resuming the interrupted run in {run_dir}")
+            todo.append((method, cfg, run_dir, method_overrides, True))
         else:
             if run_dir.exists():
                 shutil.rmtree(run_dir)
-            print(f"[{i + 1}/{len(methods)}] {method} on {preset} (seed {cfg.seed}) -> {run_dir}", flush=True)
-            Trainer(cfg, run_dir, progress=progress).run()
-        results.append(json.loads((run_dir / "results.json").read_text()))
+            todo.append((method, cfg, run_dir, method_overrides, False))
         run_dirs.append(run_dir)
+    if jobs > 1 and len(todo) > 1:
+        from .assets import prepare_assets
+
+        prepare_assets(todo[0][1])  # once, here: parallel runs would each build an empty cache
+        print(f"running {', '.join(m for m, *_ in todo)} as {min(jobs, len(todo))} single-thread processes at "
+              f"once (sr2lora demo --jobs 1: one after another)", flush=True)
+        _run_in_processes(preset, [(m, d, o, r) for m, _, d, o, r in todo], jobs)
+    else:
+        for method, cfg, run_dir, _, resume in todo:
+            print(f"{method} on {preset} (seed {cfg.seed}) -> {run_dir}", flush=True)
+            Trainer(load_config(str(run_dir / "config.yaml")) if resume else cfg, run_dir,
+                    progress=progress).run(resume=resume)
+    results = [json.loads((d / "results.json").read_text()) for d in run_dirs]
     report_dir = out / "report"
     written = write_report(run_dirs, report_dir)
+    r0 = results[0]
     print()
-    print(f"{preset}, seed {results[0]['seed']}, {results[0]['num_tasks']} tasks (accuracies in %)")
+    print(f"{preset}, seed {r0['seed']}, {r0['num_tasks']} tasks (accuracies in %); precision "
+          f"{'/'.join(sorted({str(r.get('precision')) for r in results}))}, CPU {r0.get('cpu_capability', '?')}")
     print(summary_table(results))
     print()
     print("A_T: final accuracy on all classes; Ā: mean accuracy over the tasks; forget: average forgetting;")

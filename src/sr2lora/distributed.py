@@ -3,7 +3,9 @@
 ``torchrun --nproc_per_node=N -m sr2lora run ...`` starts N processes with RANK / WORLD_SIZE / LOCAL_RANK /
 MASTER_ADDR / MASTER_PORT in the environment; :func:`init_from_env` joins them into one process group (NCCL on
 CUDA, gloo on CPU). Without those variables (or with WORLD_SIZE=1) everything here is a no-op and a run is the
-plain single-process one.
+plain single-process one. Only a process started by torchrun (``TORCHELASTIC_RUN_ID`` set) joins a group: such
+variables left in a shell are ignored with a one-line note (``SR2LORA_DISTRIBUTED=1`` opts in for another
+launcher), since a plain run would otherwise wait forever for ranks that never start.
 
 How the engine uses it (see :class:`sr2lora.engine.Trainer`):
 
@@ -56,8 +58,30 @@ SINGLE = DistContext()
 _CONTEXT: DistContext = SINGLE
 
 
+# torchrun's elastic agent sets TORCHELASTIC_RUN_ID in every worker; a MASTER_ADDR / WORLD_SIZE / RANK left in a
+# shell is not a launch. Other launchers (srun, mpirun) that set the variables themselves opt in with this one.
+OPT_IN_ENV = "SR2LORA_DISTRIBUTED"
+_noted = False
+
+
+def launched_by_torchrun() -> bool:
+    """True when this process was started by torchrun (or a launcher that set ``SR2LORA_DISTRIBUTED=1``)."""
+    return "TORCHELASTIC_RUN_ID" in os.environ or os.environ.get(OPT_IN_ENV) == "1"
+
+
 def env_world_size() -> int:
-    """WORLD_SIZE from the environment (1 when not started by torchrun)."""
+    """WORLD_SIZE from the environment when started by torchrun; 1 otherwise (a stray WORLD_SIZE is ignored,
+    with a one-line note)."""
+    global _noted
+    stray = [k for k in ("WORLD_SIZE", "RANK", "MASTER_ADDR", "MASTER_PORT") if k in os.environ]
+    if not launched_by_torchrun():
+        if stray and not _noted:
+            _noted = True
+            import sys
+
+            print(f"note: ignoring {', '.join(f'{k}={os.environ[k]}' for k in stray)} in the environment: this "
+                  f"process was not started by torchrun (set {OPT_IN_ENV}=1 for another launcher)", file=sys.stderr)
+        return 1
     try:
         return int(os.environ.get("WORLD_SIZE", "1"))
     except ValueError:
@@ -68,10 +92,16 @@ def init_from_env(device: torch.device | str = "cpu", timeout_s: float = 1800.0)
     """Join the process group torchrun describes in the environment (idempotent); a no-op for one process.
 
     Backend: NCCL when ``device`` is CUDA, gloo otherwise. On CUDA each process uses GPU ``LOCAL_RANK``.
+    ``timeout_s`` bounds every wait on the group (joining, barriers, collectives): a rank that died makes the
+    others fail after it instead of waiting forever; ``SR2LORA_DIST_TIMEOUT`` (seconds) overrides it.
     """
     global _CONTEXT
     if dist.is_available() and dist.is_initialized():
         return current()
+    try:
+        timeout_s = float(os.environ.get("SR2LORA_DIST_TIMEOUT", timeout_s))
+    except ValueError:
+        pass
     world = env_world_size()
     if world <= 1:
         _CONTEXT = SINGLE
@@ -133,7 +163,7 @@ def train_sampler(dataset, ctx: DistContext, seed: int) -> torch.utils.data.Dist
 
 def per_rank_batch(batch_size: int, ctx: DistContext) -> int:
     """``train.batch_size`` split over the ranks (the global batch is unchanged); it must divide evenly."""
-    from .config import ConfigError
+    from .errors import ConfigError
 
     if batch_size % ctx.world_size:
         raise ConfigError(
@@ -259,51 +289,3 @@ def interleave_batches(parts: Sequence[torch.Tensor], total: int, batch_size: in
     if any(o != len(p) for o, p in zip(offsets, parts)):
         raise RuntimeError(f"gathered {[len(p) for p in parts]} items, expected {offsets}")
     return torch.cat(out) if out else parts[0][:0]
-
-
-def evaluate_run(run_dir: str, out_json: str | None = None) -> dict:
-    """Load a finished run's last checkpoint and evaluate it (sharded when started by torchrun).
-
-    Returns ``{"world_size", "task", "row", "overall", "counts", "predictions"}``: per-task accuracies after
-    the last task. Every rank computes the same numbers; rank 0 writes them to ``out_json`` when given. Used
-    to check that distributed evaluation equals the single-process one exactly.
-    """
-    import json
-    from pathlib import Path
-
-    from .config import load_config
-    from .engine import Trainer
-    from .metrics import task_accuracies
-
-    run = Path(run_dir)
-    cfg = load_config(str(run / "config.yaml"))
-    trainer = Trainer(cfg, run, progress=False)
-    t = trainer.restore() - 1  # reads the checkpoint; nothing is written
-    if t < 0:
-        raise RuntimeError(f"{run}: no checkpoint to evaluate")
-    pred, y = trainer.predict_eval(t)
-    row, overall, counts = task_accuracies(pred == y, trainer.scenario.task_of_labels(y), t + 1)
-    ctx = current()
-    result = {"world_size": ctx.world_size, "task": t, "row": row, "overall": overall, "counts": counts,
-              "predictions": pred.tolist()}
-    if out_json and ctx.is_main:
-        Path(out_json).write_text(json.dumps(result))
-    return result
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``[torchrun ...] python -m sr2lora.distributed evaluate RUN_DIR [OUT_JSON]``."""
-    import sys
-
-    args = list(sys.argv[1:] if argv is None else argv)
-    if len(args) < 2 or args[0] != "evaluate":
-        print("usage: python -m sr2lora.distributed evaluate RUN_DIR [OUT_JSON]", file=sys.stderr)
-        return 2
-    r = evaluate_run(args[1], args[2] if len(args) > 2 else None)
-    if current().is_main:
-        print(f"world size {r['world_size']}: accuracy {r['overall']:.2f}% per task {r['row']}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -7,13 +7,13 @@ resumed from the checkpoint of task t−1 is identical to an uninterrupted one.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import math
-import os
 import platform
+import sys
 import time
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,10 +25,11 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from . import __version__
+from . import __version__, hardware
 from . import distributed as ddp
-from .alignment import ClassGaussians, align_classifier
+from .alignment import ClassGaussians
 from .cache import file_sha256
+from .callbacks import Callback, CSVLog, TensorBoardLog
 from .checkpoint import (
     CheckpointError,
     check_config_unchanged,
@@ -37,12 +38,14 @@ from .checkpoint import (
     save_checkpoint,
     write_json_atomic,
 )
+from .classifiers import create_classifier
 from .config import RunConfig, dump_config
 from .data import build_dataset
 from .data.base import DatasetBundle
 from .data.integrity import drop_unreadable
 from .data.scenario import Scenario, TaskView, build_scenario, label_range_indices
 from .data.transforms import build_transforms, normalization, transform_spec
+from .errors import TrainingError
 from .losses import logitnorm_cross_entropy
 from .methods import Method, TaskContext, create_method, get_method_class
 from .metrics import AccuracyTracker, task_accuracies
@@ -50,9 +53,21 @@ from .models.backbone import CILModel, create_vit
 from .preflight import preflight
 from .signals import check_interrupt
 
+# |logit| of a class mean above this means the head's weights blew up (a converged head's logits are O(10)).
+DIVERGED_LOGIT = 1e6
 
-class TrainingError(RuntimeError):
-    """Training cannot continue (for example a non-finite loss); the message names the batch's files."""
+
+def check_finite_after(stage: str, t: int, tensors: dict[str, torch.Tensor], fix: str) -> None:
+    """Raise TrainingError when a stage left a NaN/inf in ``tensors`` (name -> tensor), naming the stage, the
+    first offending tensors and ``fix`` (the setting to change): a diverged stage must stop the run rather
+    than let it finish with a result it knows to be wrong."""
+    bad = [name for name, v in tensors.items() if v.numel() and not bool(torch.isfinite(v.detach()).all())]
+    if bad:
+        more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+        raise TrainingError(
+            f"task {t + 1}: {stage} produced non-finite values (NaN/inf) in {', '.join(bad[:5])}{more}; {fix}. "
+            f"The last complete task's checkpoint is kept."
+        )
 
 
 def task_seed(seed: int, task: int, salt: int = 0) -> int:
@@ -194,8 +209,10 @@ def training_step(
 class Trainer:
     """Runs one class-incremental experiment described by a :class:`RunConfig` into ``out_dir``."""
 
-    def __init__(self, cfg: RunConfig, out_dir: str | Path | None = None, progress: bool = True) -> None:
+    def __init__(self, cfg: RunConfig, out_dir: str | Path | None = None, progress: bool = True,
+                 callbacks: Sequence[Callback] = ()) -> None:
         self.cfg = cfg
+        self.extra_callbacks = list(callbacks)  # loggers of the caller's, beside the run folder's own
         self.out_dir = Path(out_dir) if out_dir else None
         self.device = resolve_device(cfg.train.device)
         if cfg.train.threads > 0:
@@ -206,6 +223,14 @@ class Trainer:
         ddp.barrier(self.dist)
         self.device = ddp.resolve_device(self.device, self.dist)
         self.progress = progress and self.dist.is_main
+        # progress bars only on a terminal; a log file or a pipe gets the per-task lines alone
+        self.bars = self.progress and sys.stderr.isatty()
+        # bf16 only where the device computes it natively (sr2lora.hardware); decided once, recorded in results
+        self.capabilities = hardware.probe(self.device)
+        self.precision = hardware.choose_precision(cfg.train.precision, self.capabilities)
+        if self.progress:
+            tqdm.write(hardware.summary_line(self.capabilities, self.precision, cfg.train.precision,
+                                             torch.get_num_threads()))
         self.data = prepare_data(cfg)
         self.scenario = self.data.scenario
         self.method = create_method(cfg.method.name, cfg.method.options, cfg.method.weight)
@@ -219,13 +244,18 @@ class Trainer:
         self.train_tf, self.test_tf = build_transforms(
             d.image_size, d.train_scale, d.train_ratio, d.hflip, d.resize_ratio, mean_std
         )
-        self.gaussians = ClassGaussians(self.model.embed_dim)
+        # what predicts (classifier.kind or the method's own; sr2lora.classifiers): the engine only calls its
+        # interface; `gaussians` are the class statistics it keeps (empty for classifiers without any)
+        self.classifier = create_classifier(cfg, self.model.embed_dim, self.scenario.offsets)
+        self.gaussians = getattr(self.classifier, "gaussians", None)
+        if self.gaussians is None:
+            self.gaussians = ClassGaussians(self.model.embed_dim)
         self.tracker = AccuracyTracker(self.scenario.num_tasks)
         self.task_seconds: list[float] = []
         self.start_task = 0
         self.csv_rows: list[dict] = []
-        self._tb: Any = None  # TensorBoardLog while run() runs with an out_dir (sr2lora.report)
-        self._drift: Any = None  # DriftTracker with analysis.enabled (sr2lora.analysis)
+        self.task_precision: list[str] = []  # per task: a resumed run may have computed elsewhere
+        self.callbacks: list[Callback] = []  # set by run(): see _open_logs
 
     def _backbone_mean_std(self):
         pc = getattr(self.model.vit, "pretrained_cfg", None) or {}
@@ -250,7 +280,7 @@ class Trainer:
     # ------------------------------------------------------------------ one task
     def _autocast(self):
         return torch.autocast(
-            device_type=self.device.type, dtype=torch.bfloat16, enabled=self.cfg.train.precision == "bf16"
+            device_type=self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"
         )
 
     def _task_loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -289,7 +319,7 @@ class Trainer:
         if self.dist.enabled:  # independent augmentations on each rank
             torch.manual_seed(task_seed(cfg.seed, t, 3) + self.dist.rank)
         model.train()
-        for epoch in range(tc.epochs):
+        for epoch in range(tc.epochs if method.trains_task(t) else 0):  # training-free tasks: no epoch
             if sampler is not None:
                 sampler.set_epoch(epoch)
             if tc.schedule == "reference":
@@ -299,7 +329,7 @@ class Trainer:
             sums = {"loss": 0.0, "ce": 0.0, "reg": 0.0}
             seen = 0
             bar = tqdm(loader, desc=f"task {t + 1}/{sc.num_tasks} epoch {epoch + 1}/{tc.epochs}",
-                       disable=not self.progress, leave=False, dynamic_ncols=True)
+                       disable=not self.bars, leave=False, dynamic_ncols=True)
             for x, y, item in bar:
                 check_interrupt()  # SIGINT/SIGTERM: stop between steps
                 if tc.schedule == "cosine-step":
@@ -332,8 +362,8 @@ class Trainer:
                 sums, seen = dict(zip(sums, totals)), int(seen)
             self.csv_rows.append({"task": t, "epoch": epoch, "lr": lr, "steps": step,
                                   **{k: v / max(seen, 1) for k, v in sums.items()}})
-            if self._tb is not None:
-                self._tb.epoch(self.csv_rows[-1], len(self.csv_rows) - 1)
+            for cb in self.callbacks:
+                cb.on_epoch(self.csv_rows[-1], len(self.csv_rows) - 1)
         for p in params:
             p.requires_grad_(False)
         if self.dist.enabled:  # identical already (same start, averaged gradients); make it bit-exact
@@ -359,7 +389,7 @@ class Trainer:
         loader = self._loader(images, labels, mine, self.test_tf, False, bs, 0)
         outs, ys = [empty], [torch.zeros(0, dtype=torch.int64)]
         self.model.eval()
-        for x, y, _ in tqdm(loader, desc=desc, disable=not self.progress, leave=False):
+        for x, y, _ in tqdm(loader, desc=desc, disable=not self.bars, leave=False):
             check_interrupt()
             with self._autocast():
                 outs.append(forward(x.to(self.device)))
@@ -391,33 +421,50 @@ class Trainer:
                 f"images (first: {files}); training diverged. Lower train.lr or method.weight, or check these images."
             )
         names = [self.data.bundle.class_names[c] for c in self.scenario.class_order]  # by run label
-        self.gaussians.add_classes(feats, ys, list(range(lo, hi)), self.cfg.ca.cov_shrink, self.cfg.ca.fallback_var,
-                                   class_names=names)
+        self.classifier.fit_task(t, feats, ys, list(range(lo, hi)), class_names=names)
 
     def align(self, t: int) -> None:
-        ca = self.cfg.ca
-        # After task 0 of a sequence there is nothing to align (the reference skips it). `joint` has only that
-        # task, and every incremental method's final head is an aligned one, so joint's is aligned too.
-        if not ca.enabled or ca.epochs == 0 or (t == 0 and not self.method.single_task):
-            return
+        """Let the classifier finish task t (classifier alignment of the heads, a ridge solve, ...)."""
         heads = self.model.heads
-        w, b = heads.concatenated(t + 1)
-        g = torch.Generator().manual_seed(task_seed(self.cfg.seed, t, 2))
-        w2, b2 = align_classifier(
-            w, b, self.gaussians, self.scenario.seen_classes(t), epochs=ca.epochs, lr=ca.lr, momentum=ca.momentum,
-            weight_decay=self.cfg.train.weight_decay, batch_size=ca.batch_size or self.cfg.train.batch_size,
-            samples_factor=ca.samples_factor, tau=ca.tau, t_max=ca.t_max, generator=g,
-        )
-        heads.load_concatenated(w2.to(w.device), b2.to(b.device))
-        if self.dist.enabled:  # every rank aligned the same statistics with the same seed; make it bit-exact
+        self.classifier.finish_task(t, heads, task_seed(self.cfg.seed, t, 2), single_task=self.method.single_task)
+        # every rank aligned the same statistics with the same seed; make the heads bit-exact
+        if self.dist.enabled and self.classifier.uses_heads:
             ddp.broadcast_([p for h in list(heads)[: t + 1] for p in h.parameters()], self.dist)
+
+    def _check_statistics(self, t: int) -> None:
+        """The new classes' means and Cholesky factors must be finite before alignment samples from them."""
+        g = self.gaussians
+        new = [c for c in range(self.scenario.offsets[t], self.scenario.offsets[t + 1]) if c in g.means]
+        check_finite_after("the class statistics", t, {
+            **{f"mean of class {c}": g.means[c] for c in new}, **{f"covariance of class {c}": g.chols[c] for c in new}
+        }, f"raise ca.cov_shrink (now {self.cfg.ca.cov_shrink}) or lower train.lr (now {self.cfg.train.lr})")
+
+    def _check_heads(self, t: int) -> None:
+        """The heads used for evaluation must be finite and give sane logits on the class means: classifier
+        alignment can diverge (ca.lr, ca.tau) into NaN, or into huge but finite weights at chance accuracy."""
+        ca = self.cfg.ca
+        fix = f"lower ca.lr (now {ca.lr}) or raise ca.tau (now {ca.tau}), or set ca.enabled=false"
+        w, b = (x.detach().float().cpu() for x in self.model.heads.concatenated(t + 1))
+        check_finite_after("classifier alignment", t, {"head weights": w, "head biases": b}, fix)
+        seen = [c for c in range(self.scenario.seen_classes(t)) if c in self.gaussians.means]
+        if not seen:
+            return
+        logits = F.linear(torch.stack([self.gaussians.means[c] for c in seen]).float(), w, b)
+        check_finite_after("classifier alignment", t, {"logits of the class means": logits}, fix)
+        top = float(logits.abs().max())
+        if top > DIVERGED_LOGIT:
+            raise TrainingError(
+                f"task {t + 1}: classifier alignment diverged: logits of the class means reach {top:.3g} (a sane "
+                f"head stays below {DIVERGED_LOGIT:.0e}); {fix}. The last complete task's checkpoint is kept."
+            )
 
     def predict_eval(self, t: int) -> tuple[np.ndarray, np.ndarray]:
         """(predicted run labels, true run labels) on the evaluation items of classes seen after task t."""
         idx = self._task_indices(self.data.eval_labels, self.data.eval_index, 0, self.scenario.seen_classes(t))
         pred, y = self._over_batches(
             self.data.eval_images, self.data.eval_labels, idx, "evaluate",
-            lambda x: self.model(x, tasks=self._lora_tasks(t), heads=t + 1).logits.float().argmax(-1).cpu(),
+            lambda x: self.classifier.logits(self.model(x, tasks=self._lora_tasks(t), logits=False).feature,
+                                             self.model.heads, t).float().argmax(-1).cpu(),
             torch.zeros(0, dtype=torch.int64),
         )
         return pred.numpy(), y.numpy()
@@ -441,7 +488,17 @@ class Trainer:
             "class_order": self.scenario.class_order,
             "offsets": self.scenario.offsets,
             "config_sha256": getattr(self, "_config_sha256", None),
+            "task_precision": self.task_precision,
+            "dataset": self._dataset_identity(),
         }
+
+    def _dataset_identity(self) -> dict[str, Any]:
+        """What the checkpoint records of the dataset, so a resume can refuse another one (computed once)."""
+        if getattr(self, "_identity", None) is None:
+            from .dataset_identity import dataset_identity
+
+            self._identity = dataset_identity(self.cfg.data.dataset, self.data.bundle, self.cfg.data.root)
+        return self._identity
 
     def save(self, t: int) -> None:
         if self.out_dir is None or not self.dist.is_main:
@@ -456,7 +513,7 @@ class Trainer:
             self._backbone_sha256 = backbone_sha256(self.model.vit)
         save_checkpoint(
             self.out_dir,
-            {"model": model, "stats": self.gaussians.state_tensors(), "method": self.method.state_tensors(),
+            {"model": model, "stats": self.classifier.state_tensors(), "method": self.method.state_tensors(),
              HEADS_GROUP: head_snapshots(self.out_dir, self.model.heads, t)},
             {**self._state(t), "backbone_sha256": self._backbone_sha256},
         )
@@ -468,11 +525,14 @@ class Trainer:
         if self.dist.is_main:
             clean_partial(self.out_dir)
         ddp.barrier(self.dist)
-        loaded = load_checkpoint(self.out_dir)
+        loaded = load_checkpoint(self.out_dir, verify=True)
         if loaded is None:
             return 0
         groups, state = loaded
         check_config_unchanged(self.out_dir, state)
+        from .dataset_identity import check_same_dataset
+
+        check_same_dataset(self.out_dir, state.get("dataset"), self._dataset_identity())
         for key, ours in (("class_order", self.scenario.class_order), ("offsets", self.scenario.offsets)):
             if key in state and list(state[key]) != list(ours):
                 raise CheckpointError(
@@ -488,13 +548,19 @@ class Trainer:
             raise CheckpointError(f"{self.out_dir}: the checkpoint does not match the model: {bad[:5]}")
         self.model.to(self.device)
         self.model.fold()
-        self.gaussians.load_state_tensors(groups.get("stats", {}))
+        self.classifier.load_state_tensors(groups.get("stats", {}))
         self.method.load_state_tensors(groups.get("method", {}))
         self.tracker.matrix = state["matrix"]
         self.tracker.curve = state["curve"]
         self.tracker.counts = state["counts"]
         self.task_seconds = state["task_seconds"]
         self.csv_rows = state.get("csv_rows", [])
+        self.task_precision = list(state.get("task_precision", []))
+        if any(p != self.precision for p in self.task_precision):
+            warnings.warn(
+                f"{self.out_dir}: the checkpoint's tasks computed in {'/'.join(sorted(set(self.task_precision)))}, "
+                f"the rest of this run computes in {self.precision} (train.precision={self.cfg.train.precision} "
+                f"on this machine); results.json records precision per task", stacklevel=2)
         return t + 1
 
     # ------------------------------------------------------------------ the run
@@ -520,55 +586,43 @@ class Trainer:
             self.model.to(self.device)
             self.train_task(t)
             self.compute_statistics(t)
+            self._check_statistics(t)
             self.align(t)
+            self._check_heads(t)
             self.evaluate(t)
             self.task_seconds.append(time.perf_counter() - t0)
+            self.task_precision.append(self.precision)
             if self.progress:
                 row = ", ".join(f"{v:.1f}" for v in self.tracker.matrix[-1][: t + 1])
                 tqdm.write(f"task {t + 1}/{sc.num_tasks}: accuracy on seen classes {self.tracker.curve[-1]:.2f}% "
                            f"(per task: {row}) in {self.task_seconds[-1]:.1f}s")
-            self._log_task(t)
             self.save(t)
-            self._write_csv()
-        if self._tb is not None:
-            self._tb.close()
+            for cb in self.callbacks:
+                cb.on_task(self, t)
+        for cb in self.callbacks:
+            cb.close()
         results = self.results()
         if self.out_dir is not None and self.dist.is_main:
             write_json_atomic(self.out_dir / "results.json", results)
         return results
 
     def _open_logs(self) -> None:
-        """TensorBoard scalars in RUN/tb (when there is a run folder) and, with ``analysis.enabled``, the drift
-        tracker whose RUN/drift.json is rewritten after every task (see sr2lora.analysis)."""
+        """The run's loggers (:mod:`sr2lora.callbacks`): metrics.csv and TensorBoard scalars in the run folder
+        (rank 0), the drift tracker with ``analysis.enabled`` (RUN/drift.json after every task), then the
+        caller's."""
+        logs: list[Callback] = []
         if self.out_dir is not None and self.dist.is_main:
-            from .report import TensorBoardLog
-
-            self._tb = TensorBoardLog(self.out_dir / "tb")
+            logs += [CSVLog(self.out_dir / "metrics.csv", self.csv_rows), TensorBoardLog(self.out_dir / "tb")]
         if self.cfg.analysis.enabled:
-            from .analysis import trainer_tracker
+            from .analysis import DriftLog
 
-            a = self.cfg.analysis
-            previous = self.out_dir / "drift.json" if self.out_dir is not None else None
-            self._drift = trainer_tracker(self, a.samples_per_task, a.seed, "training", previous=previous)
+            logs.append(DriftLog(self, self.out_dir if self.dist.is_main else None))
+        self.callbacks = logs + self.extra_callbacks
 
-    def _log_task(self, t: int) -> None:
-        if self._tb is not None:
-            self._tb.task(t, self.tracker.curve[-1], self.tracker.matrix[-1])
-        if self._drift is not None:
-            self._drift.step(t)
-            if self.out_dir is not None and self.dist.is_main:
-                write_json_atomic(self.out_dir / "drift.json", self._drift.to_json())
-
-    def _write_csv(self) -> None:
-        if self.out_dir is None or not self.csv_rows or not self.dist.is_main:
-            return
-        path = self.out_dir / "metrics.csv"
-        tmp = path.with_suffix(".csv.tmp")
-        with open(tmp, "w", newline="", encoding="utf-8") as fh:
-            w = csv.DictWriter(fh, fieldnames=list(self.csv_rows[0]))
-            w.writeheader()
-            w.writerows(self.csv_rows)
-        os.replace(tmp, path)
+    def _run_precision(self) -> str:
+        """The precision every task computed in, or ``mixed`` for a run resumed on another kind of machine."""
+        kinds = set(self.task_precision) or {self.precision}
+        return kinds.pop() if len(kinds) == 1 else "mixed"
 
     def results(self) -> dict[str, Any]:
         sc, bundle = self.scenario, self.data.bundle
@@ -593,7 +647,13 @@ class Trainer:
             "task_seconds": self.task_seconds,
             "transform": transform_spec(self.cfg.data.image_size, self.cfg.data.resize_ratio, self.mean_std),
             "dataset_info": bundle.info,
-            "fallback_classes": self.gaussians.fallback,
+            "fallback_classes": self.classifier.fallback,
+            "classifier": self.classifier.summary(),
+            # tasks without an evaluation image: their accuracies are undefined, written as null
+            "empty_eval_tasks": [j for j, n in enumerate(self.tracker.counts) if n == 0],
             "skipped_files": self.data.skipped_files,
+            **hardware.describe(self.capabilities, self._run_precision(), self.cfg.train.precision,
+                                torch.get_num_threads()),
+            "task_precision": self.task_precision,
             "versions": {"sr2lora": __version__, "torch": torch.__version__, "python": platform.python_version()},
         }

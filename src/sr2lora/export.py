@@ -36,19 +36,26 @@ EXPORT_FORMAT = "sr2lora-export/1"
 
 
 class RunModel(nn.Module):
-    """A batch of transformed images (B, 3, H, W) → logits (B, C) over the classes learned up to its task."""
+    """A batch of transformed images (B, 3, H, W) → logits (B, C) over the classes learned up to its task.
 
-    def __init__(self, cil: nn.Module, lora_tasks: int) -> None:
+    ``head`` is the run's classifier as after that task (:meth:`sr2lora.classifiers.Classifier.head`): the
+    per-task heads for ``ca``, the cosine or ridge head otherwise; None = the concatenated heads.
+    """
+
+    def __init__(self, cil: nn.Module, lora_tasks: int, head: nn.Module | None = None) -> None:
         super().__init__()
         self.cil = cil
         self.lora_tasks = lora_tasks
+        self.head = head
 
     @property
     def num_classes(self) -> int:
         return sum(self.cil.heads.sizes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.cil(x, tasks=self.lora_tasks, heads=len(self.cil.heads)).logits
+        if self.head is None:
+            return self.cil(x, tasks=self.lora_tasks, heads=len(self.cil.heads)).logits
+        return self.head(self.cil(x, tasks=self.lora_tasks, logits=False).feature)
 
 
 @dataclass
@@ -174,7 +181,12 @@ def load_run(run_dir: str | Path, task: int | None = None, device: str | torch.d
         cil.heads.load_concatenated(snaps[wk], snaps[bk])
     cil.fold()
     cil.eval()
-    model = RunModel(cil, t + 1 if uses_lora else 0).eval().to(resolve_device(str(device)))
+    from .classifiers import create_classifier
+
+    classifier = create_classifier(cfg, cil.embed_dim, offsets)
+    classifier.load_state_tensors(groups.get("stats", {}))
+    head = None if classifier.uses_heads else classifier.head(cil.heads, t)
+    model = RunModel(cil, t + 1 if uses_lora else 0, head).eval().to(resolve_device(str(device)))
 
     d = cfg.data
     mean_std = normalization(d.normalize, _backbone_mean_std(cil.vit))
@@ -218,10 +230,42 @@ def folded_state_dict(run: LoadedRun) -> dict[str, torch.Tensor]:
             for s in range(module.num_tasks):
                 w += module.task_delta(s).detach().to(torch.float64)
             state[f"{name}.weight"] = w.to(module.base.weight.dtype).cpu()
-    weight, bias = run.model.cil.heads.concatenated()
+    weight, bias, _, _ = export_head(run)
     state["head.weight"] = weight.detach().cpu().clone()
     state["head.bias"] = bias.detach().cpu().clone()
     return {k: v.contiguous() for k, v in state.items()}
+
+
+@torch.no_grad()
+def export_head(run: LoadedRun) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor], dict[str, Any]]:
+    """(timm ``head`` weight, bias, tensors applied after it, sidecar description) of the run's classifier.
+
+    * ``ca``: the concatenated aligned heads; the model's output are the logits.
+    * ``ncm``: the L2-normalised class means as weights, no bias: output ‖f‖·cos(f, μ_c) for the pre-logits
+      feature f, which has the same argmax as the cosines (divide by ‖f‖ to get them).
+    * ``ridge``: the random projection Wᵀ (M × d) as the head, so the model outputs f W; the ridge weights β
+      (C × M) go to ``<out>.ridge.safetensors``: logits = ReLU(model(x)) βᵀ. Without a projection
+      (``classifier.rp_dim=0``) β is itself the head.
+    """
+    from .classifiers.ncm import CosineHead
+    from .classifiers.ridge import RidgeHead
+
+    head = run.model.head
+    if isinstance(head, CosineHead):
+        w = head.weight
+        return w, torch.zeros(w.shape[0]), {}, {
+            "kind": "ncm", "logits": "model(x) = |f| * cos(f, class mean): its argmax is the prediction; divide "
+            "by |f| (forward_head(..., pre_logits=True)) for the cosines"}
+    if isinstance(head, RidgeHead):
+        if not head.has_projection:
+            w = head.weight
+            return w, torch.zeros(w.shape[0]), {}, {"kind": "ridge", "logits": "model(x)"}
+        w = head.projection.T.contiguous()
+        return w, torch.zeros(w.shape[0]), {"weight": head.weight.contiguous()}, {
+            "kind": "ridge", "random_features": int(w.shape[0]),
+            "logits": "relu(model(x)) @ weight.T with weight (classes x random_features) from the file"}
+    weight, bias = run.model.cil.heads.concatenated()
+    return weight, bias, {}, {"kind": "ca", "logits": "model(x)"}
 
 
 def _check_timm_keys(tag: str, kwargs: dict[str, Any], num_classes: int, state: dict[str, torch.Tensor]) -> None:
@@ -236,11 +280,12 @@ def _check_timm_keys(tag: str, kwargs: dict[str, Any], num_classes: int, state: 
         raise RuntimeError(f"exported state does not match timm {tag}: {diff[:5]}")
 
 
-def export_run(run_dir: str | Path, out_file: str | Path, task: int | None = None) -> Path:
+def export_run(run_dir: str | Path, out_file: str | Path, task: int | None = None, force: bool = False) -> Path:
     """Write the run as one plain timm model (``out_file``, safetensors) plus ``<out>.json`` describing it.
 
     The JSON sidecar holds what is needed without sr2lora: timm name and kwargs, how to load the file, input
     size, the test transform, class names, and the run's accuracies. Returns the path of the weights file.
+    Existing files are replaced only with ``force`` (``--force``); otherwise nothing is written.
     """
     from safetensors.torch import save_file
 
@@ -254,13 +299,25 @@ def export_run(run_dir: str | Path, out_file: str | Path, task: int | None = Non
     tag, kwargs = timm_architecture(cfg)
     state = folded_state_dict(run)
     num_classes = len(run.class_names)
-    _check_timm_keys(tag, kwargs, num_classes, state)
+    head_out = int(state["head.weight"].shape[0])  # = num_classes, except the ridge head's random features
+    _check_timm_keys(tag, kwargs, head_out, state)
+    _, _, after, how = export_head(run)
+    existing = [p for p in (out, out.with_suffix(".json"), out.with_suffix(".ridge.safetensors")) if p.exists()]
+    if existing and not force:
+        raise CheckpointError(
+            f"--out {out}: {', '.join(str(p) for p in existing)} already exist(s); nothing was written. Choose "
+            f"another --out or add --force to replace them"
+        )
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     try:
         save_file(state, str(tmp), metadata={"format": "pt", "producer": f"sr2lora {__version__}"})
         os.replace(tmp, out)
+        if after:  # what the classifier applies after the timm model's output (the ridge weights)
+            how["file"] = out.with_suffix(".ridge.safetensors").name
+            save_file(after, str(tmp))
+            os.replace(tmp, out.with_suffix(".ridge.safetensors"))
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -275,9 +332,10 @@ def export_run(run_dir: str | Path, out_file: str | Path, task: int | None = Non
         "num_classes": num_classes,
         "load": {  # timm.create_model(timm_model, **load, **timm_kwargs); num_classes in the overlay keeps the head
             "pretrained": True,
-            "num_classes": num_classes,
-            "pretrained_cfg_overlay": {"file": out.name, "num_classes": num_classes},
+            "num_classes": head_out,
+            "pretrained_cfg_overlay": {"file": out.name, "num_classes": head_out},
         },
+        "classifier": how,  # how the model's output becomes the logits (sr2lora.export.export_head)
         "input_size": [3, size, size],
         "transform": run.transform_spec,
         "class_names": run.class_names,

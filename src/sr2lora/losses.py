@@ -3,7 +3,7 @@
 Relation inputs are per-layer features ``H`` of shape (batch, layers, dim); the relation matrix of a sample is
 R = H Hᵀ (layers × layers), always built in fp32 (even under autocast). The old side never carries a gradient.
 
-``relation_norm`` (issue 10) chooses the scale of R:
+``relation_norm`` chooses the scale of R (docs/method.md):
 - ``none``  : the reference. Eigenvalues are squared [CLS] norms (~1e2–1e4 for post-LayerNorm features), so
   smooth-L1 (β=1) acts as L1 on them and the loss is large.
 - ``l2``    : each layer feature is L2-normalised first, R is a cosine-similarity matrix with unit diagonal and

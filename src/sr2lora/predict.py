@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image
 from tqdm import tqdm
 
 from .data.base import DataError
+from .data.decode import open_rgb8
 from .data.folders import list_images
 from .export import LoadedRun, load_run
 
@@ -47,8 +47,7 @@ def expand_inputs(inputs: Sequence[str | Path]) -> tuple[list[Path], int]:
 
 
 def _load(path: Path, transform) -> torch.Tensor:
-    with Image.open(path) as im:
-        return transform(im.convert("RGB"))
+    return transform(open_rgb8(path))  # regular files only; 16-bit and float images scaled to 8 bit
 
 
 @torch.no_grad()

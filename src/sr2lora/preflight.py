@@ -13,14 +13,10 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .data.base import DataError
+from .errors import DataError, OutputError
 
 if TYPE_CHECKING:
     from .config import RunConfig
-
-
-class OutputError(RuntimeError):
-    """The output folder cannot be created or written."""
 
 
 def known_num_classes(dataset: str) -> int | None:
@@ -82,9 +78,76 @@ def check_output_writable(out_dir: str | Path) -> None:
             pass
 
 
+def check_out_outside_data(cfg: RunConfig, out_dir: str | Path) -> None:
+    """Raise OutputError when ``out_dir`` lies inside the dataset's folder: a run folder there is read as a
+    class (or its report's PNGs as images) by the next scan, and nothing may be written into a data folder."""
+    d = cfg.data
+    if d.dataset == "smoke":
+        return
+    if d.root:
+        root = Path(d.root).expanduser()
+    else:
+        from .data.folders import default_data_root
+
+        root = default_data_root() / d.dataset
+    data_real, out_real = os.path.realpath(root), os.path.realpath(Path(out_dir).expanduser())
+    if out_real == data_real or out_real.startswith(data_real.rstrip(os.sep) + os.sep):
+        raise OutputError(
+            f"--out {out_dir}: inside the dataset folder {root} (data.root); a run folder there would be read as "
+            f"data by the next run. Choose an --out outside {root} (nothing was created)"
+        )
+
+
+def check_device(cfg: RunConfig) -> None:
+    """Raise ConfigError when ``train.device`` names a device this machine does not have."""
+    import torch
+
+    from .errors import ConfigError
+
+    dev = str(cfg.train.device)
+    if dev.startswith("cuda"):
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        index = int(dev.split(":", 1)[1]) if ":" in dev else 0
+        if index >= n:
+            have = f"{n} CUDA device(s)" if n else "no CUDA device (or this torch build has no CUDA)"
+            raise ConfigError(f"train.device={dev}: this machine has {have}; use train.device=auto or cpu")
+    if dev == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ConfigError("train.device=mps: MPS is not available here; use train.device=auto or cpu")
+
+
+def check_backbone_kwargs(cfg: RunConfig) -> None:
+    """Build the backbone on the meta device (no memory, no weights) so that an unknown ``model.timm_kwargs``
+    keyword or an inconsistent value (``num_heads`` not dividing ``embed_dim``) is a ConfigError naming the key,
+    not a traceback after the dataset scan."""
+    from .errors import ConfigError
+    from .models.backbone import IMGFOCUS_BACKBONE
+
+    m = cfg.model
+    if m.backbone == IMGFOCUS_BACKBONE or not m.timm_kwargs:
+        return
+    import timm
+    import torch
+
+    kwargs = {"img_size": cfg.data.image_size, **m.timm_kwargs, "num_classes": 0}
+    try:
+        with torch.device("meta"):
+            timm.create_model(m.backbone, pretrained=False, **kwargs)
+    except TypeError as exc:
+        raise ConfigError(f"model.timm_kwargs: timm's {m.backbone} does not take these keywords ({exc}); "
+                          f"given {m.timm_kwargs}") from exc
+    except (AssertionError, ValueError, RuntimeError) as exc:
+        if "Unknown model" in str(exc) or "meta" in str(exc):
+            return  # named by the backbone builder (WeightsError); or a model that cannot be built on meta
+        raise ConfigError(f"model.timm_kwargs: timm cannot build {m.backbone} with {m.timm_kwargs} "
+                          f"({type(exc).__name__}: {exc or 'inconsistent sizes'})") from exc
+
+
 def preflight(cfg: RunConfig, out_dir: str | Path | None) -> None:
     """All cheap checks, config first, then data paths, then the output folder."""
     check_scenario(cfg)
+    check_device(cfg)
+    check_backbone_kwargs(cfg)
     check_data_paths(cfg)
     if out_dir is not None:
+        check_out_outside_data(cfg, out_dir)
         check_output_writable(out_dir)

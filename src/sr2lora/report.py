@@ -29,81 +29,21 @@ from typing import Any
 import numpy as np
 import yaml
 
-from .config import flatten
+from .checkpoint import json_safe
+from .config import RUNTIME_KEYS, flatten
+from .render import html_table, md_table, pyplot, save_figure
+from .run_dir import discover_runs
 
 METRICS = ("final_acc", "avg_acc", "forgetting", "bwt", "plasticity")
 METRIC_TITLES = {"final_acc": "A_T", "avg_acc": "Ā", "forgetting": "forgetting", "bwt": "BWT",
                  "plasticity": "plasticity"}
 # Config keys that never define a group: the seed, labels, where/how fast a run computes, the analysis.
-IGNORED_KEYS = {"seed", "preset", "description", "train.device", "train.threads", "data.num_workers", "data.root",
-                "train.eval_batch_size"}
+IGNORED_KEYS = {"seed", "preset", "description", *RUNTIME_KEYS}
 IGNORED_PREFIXES = ("analysis.",)
 BASELINE = "frozen"
 
 
 # ---------------------------------------------------------------- TensorBoard (used by the engine)
-
-
-class TensorBoardLog:
-    """Scalars for TensorBoard in ``log_dir``; any failure warns once and turns the log off (a run never dies of it).
-
-    ``epoch(row, step)`` logs a metrics.csv row (loss, ce, reg, lr) at the global epoch index; ``task(t, acc, row)``
-    logs the accuracy on seen classes and each task's accuracy after task t (x = tasks learned).
-    """
-
-    def __init__(self, log_dir: str | Path) -> None:
-        self.writer: Any = None
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.writer = SummaryWriter(str(log_dir))
-        except Exception as exc:  # tensorboard missing or the folder unwritable: keep training
-            self._fail(exc)
-
-    def _fail(self, exc: BaseException) -> None:
-        warnings.warn(f"TensorBoard logging disabled: {type(exc).__name__}: {exc}", stacklevel=3)
-        writer, self.writer = self.writer, None
-        if writer is not None:
-            try:
-                writer.close()
-            except Exception:
-                pass
-
-    def epoch(self, row: dict[str, Any], step: int) -> None:
-        """One epoch's training scalars."""
-        if self.writer is None:
-            return
-        try:
-            for key in ("loss", "ce", "reg", "lr"):
-                if key in row:
-                    self.writer.add_scalar(f"train/{key}", float(row[key]), step)
-            self.writer.add_scalar("train/task", int(row.get("task", 0)) + 1, step)
-            self.writer.flush()
-        except Exception as exc:
-            self._fail(exc)
-
-    def task(self, t: int, accuracy: float, per_task: Sequence[float | None]) -> None:
-        """Accuracy on all seen classes and per task after task t."""
-        if self.writer is None:
-            return
-        try:
-            self.writer.add_scalar("eval/accuracy_seen", float(accuracy), t + 1)
-            for j, a in enumerate(per_task[: t + 1]):
-                if a is not None and math.isfinite(a):
-                    self.writer.add_scalar(f"eval_task/task_{j + 1:02d}", float(a), t + 1)
-            self.writer.flush()
-        except Exception as exc:
-            self._fail(exc)
-
-    def close(self) -> None:
-        """Flush and close (safe to call twice)."""
-        if self.writer is None:
-            return
-        try:
-            self.writer.close()
-        except Exception as exc:
-            self._fail(exc)
-        self.writer = None
 
 
 # ---------------------------------------------------------------- loading and grouping
@@ -130,31 +70,35 @@ class Run:
         return self.results.get("seed", self.config.get("seed"))
 
 
-def discover_runs(paths: Iterable[str | Path]) -> list[Path]:
-    """Run folders among ``paths``: a folder with results.json, or every such folder below a parent folder."""
-    found: list[Path] = []
-    for p in paths:
-        p = Path(p)
-        if (p / "results.json").is_file():
-            cands = [p]
-        elif p.is_dir():
-            cands = sorted(f.parent for f in p.rglob("results.json"))
-        else:
-            raise FileNotFoundError(f"{p}: no such folder")
-        if not cands:
-            raise FileNotFoundError(f"{p}: no run folder (results.json) in it")
-        for c in cands:
-            if c.resolve() not in {f.resolve() for f in found}:
-                found.append(c)
-    return found
+RESULT_KEYS = ("acc_curve", "accuracy_matrix")  # what aggregation reads besides METRICS
+
+
+def read_results_file(file: Path) -> dict[str, Any]:
+    """A run's results.json as a dict; ValueError naming the file when it is truncated, not an object, or lacks
+    a key the report needs (the CLI prints it as an error, not a traceback)."""
+    try:
+        results = json.loads(file.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{file}: not valid JSON ({exc}); the file is truncated or damaged, rerun or remove "
+                         f"that run") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{file}: cannot read it ({exc})") from exc
+    if not isinstance(results, dict):
+        raise ValueError(f"{file}: expected a JSON object (a sr2lora results.json), got a {type(results).__name__}")
+    missing = [k for k in (*RESULT_KEYS, *METRICS) if k not in results]
+    if missing:
+        raise ValueError(f"{file}: not a sr2lora results.json (lacks {', '.join(missing)})")
+    return results
 
 
 def load_run(path: str | Path) -> Run:
     """Read a run folder's results.json and config.yaml."""
     path = Path(path)
-    results = json.loads((path / "results.json").read_text(encoding="utf-8"))
+    results = read_results_file(path / "results.json")
     cfg_file = path / "config.yaml"
     config = flatten(yaml.safe_load(cfg_file.read_text(encoding="utf-8")) or {}) if cfg_file.is_file() else {}
+    if "precision" in results:  # `auto` means bf16 on one machine and fp32 on another: group by what ran
+        config["train.precision"] = results["precision"]
     return Run(path, results, config)
 
 
@@ -214,7 +158,7 @@ class Group:
 
     @property
     def slug(self) -> str:
-        return re.sub(r"[^A-Za-z0-9._=+-]+", "_", f"{self.preset}_{self.method}_{self.label}".strip("_")).strip("_")
+        return _slug(f"{self.preset}_{self.method}_{self.label}")
 
 
 def group_runs(runs: Sequence[Run]) -> list[Group]:
@@ -358,39 +302,7 @@ def curve_table(aggs: Sequence[dict[str, Any]]) -> tuple[list[str], list[list[st
     return head, rows
 
 
-def _md_table(head: list[str], rows: list[list[str]]) -> str:
-    esc = [[c.replace("|", "\\|") for c in row] for row in [head, *rows]]
-    lines = ["| " + " | ".join(esc[0]) + " |", "|" + "|".join("---" for _ in head) + "|"]
-    lines += ["| " + " | ".join(r) + " |" for r in esc[1:]]
-    return "\n".join(lines)
-
-
-def _html_table(head: list[str], rows: list[list[str]]) -> str:
-    th = "".join(f"<th>{html.escape(h)}</th>" for h in head)
-    trs = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows)
-    return f"<table><thead><tr>{th}</tr></thead><tbody>{trs}</tbody></table>"
-
-
 # ---------------------------------------------------------------- figures
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def save_figure(fig, path: Path) -> Path:
-    """Lay out, write (110 dpi) and close a figure: the tail every report and drift plot shares."""
-    import matplotlib.pyplot as plt
-
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
 
 
 def _int_ticks():
@@ -401,7 +313,7 @@ def _int_ticks():
 
 def plot_curves(aggs: Sequence[dict[str, Any]], path: Path, title: str) -> Path:
     """Accuracy on seen classes after each task: mean line and ±std band per group."""
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for g in aggs:
         x = np.arange(1, len(g["acc_curve"]["mean"]) + 1)
@@ -419,7 +331,7 @@ def plot_curves(aggs: Sequence[dict[str, Any]], path: Path, title: str) -> Path:
 
 def plot_matrix(g: dict[str, Any], path: Path) -> Path:
     """Heatmap of the mean accuracy matrix (row: after task t, column: task j)."""
-    plt = _plt()
+    plt = pyplot()
     m = np.array([[np.nan if v is None else v for v in row] for row in g["accuracy_matrix_mean"]])
     T = len(m)
     fig, ax = plt.subplots(figsize=(1.0 + 0.6 * T, 0.8 + 0.55 * T))
@@ -441,7 +353,7 @@ def plot_matrix(g: dict[str, Any], path: Path) -> Path:
 
 def plot_forgetting(aggs: Sequence[dict[str, Any]], path: Path, title: str) -> Path:
     """Per old task: max earlier accuracy − final accuracy, one bar per group (±std)."""
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     k = max(1, len(aggs))
     width = 0.8 / k
@@ -461,7 +373,7 @@ def plot_forgetting(aggs: Sequence[dict[str, Any]], path: Path, title: str) -> P
 
 def plot_summary(aggs: Sequence[dict[str, Any]], path: Path) -> Path:
     """A_T, Ā and forgetting of every group as bars with ±std error bars."""
-    plt = _plt()
+    plt = pyplot()
     metrics = ("final_acc", "avg_acc", "forgetting")
     fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(aggs) + 3), 4.5))
     k = len(aggs)
@@ -483,8 +395,20 @@ def plot_summary(aggs: Sequence[dict[str, Any]], path: Path) -> Path:
 # ---------------------------------------------------------------- the report
 
 
+SLUG_MAX = 120  # file-name part length kept; longer names (many differing keys) end in a hash instead
+
+
+def _short(slug: str) -> str:
+    """``slug`` cut to SLUG_MAX characters plus a hash of the whole, so file names stay under the OS limit."""
+    if len(slug) <= SLUG_MAX:
+        return slug
+    import hashlib
+
+    return f"{slug[:SLUG_MAX]}-{hashlib.sha256(slug.encode('utf-8')).hexdigest()[:12]}"
+
+
 def _slug(s: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._=+-]+", "_", s).strip("_") or "x"
+    return _short(re.sub(r"[^A-Za-z0-9._=+-]+", "_", s).strip("_") or "x")
 
 
 def build_report(paths: Iterable[str | Path], out_dir: str | Path) -> dict[str, Any]:
@@ -512,14 +436,19 @@ def build_report(paths: Iterable[str | Path], out_dir: str | Path) -> dict[str, 
     for a in aggs:
         figures.append((f"{a['preset']}/{a['name']}: accuracy matrix",
                         plot_matrix(a, out_dir / f"matrix_{a['slug']}.png")))
+    from .report_theory import theory_section  # drift vs margin, robustness: when the runs hold their inputs
+
+    theory, theory_figures = theory_section([r.path for r in runs], out_dir)
     doc = {
         "generated": time.strftime("%Y-%m-%d %H:%M:%S"),
         "num_runs": len(runs),
         "format": "mean ± sample std (n-1) over seeds; gains are differences of means",
         "groups": aggs,
-        "figures": [p.name for _, p in figures],
+        "figures": [p.name for _, p in figures] + [p.name for p in theory_figures],
+        "theory": theory,
     }
-    (out_dir / "report.json").write_text(json.dumps(doc, indent=2, allow_nan=True), encoding="utf-8")
+    # NaN (an undefined mean) is written as null: a report.json must stay valid JSON
+    (out_dir / "report.json").write_text(json.dumps(json_safe(doc), indent=2, allow_nan=False), encoding="utf-8")
     _write_md(doc, presets, figures, out_dir / "report.md")
     _write_html(doc, presets, figures, out_dir / "report.html")
     return doc
@@ -533,15 +462,17 @@ def _intro(doc: dict[str, Any]) -> str:
 
 def _write_md(doc: dict[str, Any], presets: list[str], figures: list[tuple[str, Path]], path: Path) -> None:
     aggs = doc["groups"]
-    parts = ["# sr2lora report", "", _intro(doc), "", "## Summary", "", _md_table(*summary_table(aggs)), ""]
+    parts = ["# sr2lora report", "", _intro(doc), "", "## Summary", "", md_table(*summary_table(aggs)), ""]
     for p in presets:
         parts += [f"## {p}: accuracy on seen classes after each task", "",
-                  _md_table(*curve_table([a for a in aggs if a["preset"] == p])), ""]
+                  md_table(*curve_table([a for a in aggs if a["preset"] == p])), ""]
     parts += ["## Runs", ""]
     for a in aggs:
         parts.append(f"- **{a['preset']}/{a['name']}** (seeds {', '.join(map(str, a['seeds']))}): "
                      + ", ".join(f"`{r}`" for r in a["runs"]))
-    parts += ["", "## Figures", ""]
+    from .report_theory import theory_markdown
+
+    parts += ["", *theory_markdown(doc.get("theory")), "## Figures", ""]
     parts += [f"![{t}]({p.name})\n" for t, p in figures]
     path.write_text("\n".join(parts) + "\n", encoding="utf-8")
 
@@ -549,15 +480,17 @@ def _write_md(doc: dict[str, Any], presets: list[str], figures: list[tuple[str, 
 def _write_html(doc: dict[str, Any], presets: list[str], figures: list[tuple[str, Path]], path: Path) -> None:
     aggs = doc["groups"]
     body = [f"<h1>sr2lora report</h1><p>{html.escape(_intro(doc))}</p>", "<h2>Summary</h2>",
-            _html_table(*summary_table(aggs))]
+            html_table(*summary_table(aggs))]
     for p in presets:
         body += [f"<h2>{html.escape(p)}: accuracy on seen classes after each task</h2>",
-                 _html_table(*curve_table([a for a in aggs if a["preset"] == p]))]
+                 html_table(*curve_table([a for a in aggs if a["preset"] == p]))]
     body.append("<h2>Runs</h2><ul>")
     for a in aggs:
         body.append(f"<li><b>{html.escape(a['preset'] + '/' + a['name'])}</b>: "
                     + ", ".join(f"<code>{html.escape(r)}</code>" for r in a["runs"]) + "</li>")
-    body.append("</ul><h2>Figures</h2>")
+    from .report_theory import theory_html
+
+    body += ["</ul>", *theory_html(doc.get("theory"), path.parent), "<h2>Figures</h2>"]
     for title, p in figures:
         data = base64.b64encode(p.read_bytes()).decode("ascii")
         body.append(f"<figure><img alt=\"{html.escape(title)}\" src=\"data:image/png;base64,{data}\">"

@@ -15,9 +15,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-
-class DataError(ValueError):
-    """A dataset cannot be built or read. The message names the file or folder and what to do."""
+from ..errors import DataError
+from .decode import open_rgb8
 
 
 class LabeledImages:
@@ -71,8 +70,9 @@ class FileImages(LabeledImages):
     def load(self, index: int) -> Image.Image:
         path = self.paths[index]
         try:
-            with Image.open(path) as im:
-                return im.convert("RGB")
+            return open_rgb8(path)  # regular files only; 16-bit and float images scaled, not clipped
+        except DataError:
+            raise
         except Exception as exc:  # PIL raises many types for corrupt files
             raise DataError(f"cannot read image {path}: {exc}") from exc
 

@@ -33,6 +33,7 @@ from PIL import Image
 
 from ..cache import cache_dir
 from .base import DataError, DatasetBundle, FileImages
+from .decode import WIDE_MODES, not_regular, to_rgb8
 from .registry import register_dataset
 
 if TYPE_CHECKING:
@@ -74,35 +75,60 @@ def is_image_file(name: str) -> bool:
     return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
-def list_images(folder: Path) -> tuple[list[Path], int]:
+def _within(path: str, top: str) -> bool:
+    """True when the resolved ``path`` is ``top`` or below it."""
+    return path == top or path.startswith(top.rstrip(os.sep) + os.sep)
+
+
+def list_images(folder: Path, tree: Path | None = None) -> tuple[list[Path], int]:
     """(image files under ``folder``, recursively and sorted; number of other files skipped).
 
-    Hidden files and folders are skipped; symlinked folders are followed once (cycles are cut).
+    Hidden files and folders are skipped. Symlinked folders are followed once, except a link to a folder
+    above the one it sits in (``ln -s ..``: a loop) or into ``tree`` (the dataset's folder: another class's or
+    split's images would be read twice, under the wrong label); those are ignored with a warning.
     """
     found: list[Path] = []
     skipped = 0
     seen: set[str] = set()
+    ignored: list[str] = []
+    tree_real = os.path.realpath(tree) if tree is not None else None
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
         real = os.path.realpath(dirpath)
         if real in seen:
             dirnames[:] = []
             continue
         seen.add(real)
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        keep = []
+        for d in sorted(d for d in dirnames if not d.startswith(".")):
+            link = os.path.join(dirpath, d)
+            if os.path.islink(link):
+                target = os.path.realpath(link)
+                if _within(real, target) or (tree_real is not None and _within(target, tree_real)):
+                    ignored.append(f"{link} -> {target}")
+                    continue
+            keep.append(d)
+        dirnames[:] = keep
         for f in filenames:
             if is_image_file(f):
                 found.append(Path(dirpath) / f)
             elif not f.startswith("."):
                 skipped += 1
     found.sort(key=lambda p: p.relative_to(folder).as_posix())
+    if ignored:
+        import warnings
+
+        more = f" and {len(ignored) - 3} more" if len(ignored) > 3 else ""
+        warnings.warn(f"{folder}: ignored {len(ignored)} symlinked folder(s) that loop or point into the dataset "
+                      f"itself: {'; '.join(ignored[:3])}{more}", stacklevel=2)
     return found, skipped
 
 
-def scan_class_folders(folder: Path, what: str) -> tuple[dict[str, list[Path]], int]:
+def scan_class_folders(folder: Path, what: str, tree: Path | None = None) -> tuple[dict[str, list[Path]], int]:
     """({class folder name: sorted image paths} for the visible sub-folders of ``folder``; skipped files).
 
-    ``what`` names the folder in error messages. Raises :class:`DataError` if there is no class folder or a
-    class folder holds no image.
+    ``what`` names the folder in error messages; ``tree`` is the dataset's folder (default ``folder``), into
+    which no symlink is followed. Raises :class:`DataError` if there is no class folder or a class folder
+    holds no image.
     """
     if not folder.is_dir():
         raise DataError(f"{what}: folder {folder} does not exist")
@@ -113,7 +139,7 @@ def scan_class_folders(folder: Path, what: str) -> tuple[dict[str, list[Path]], 
     skipped = 0
     empty = []
     for c in classes:
-        paths, n_skip = list_images(folder / c)
+        paths, n_skip = list_images(folder / c, tree if tree is not None else folder)
         skipped += n_skip
         if not paths:
             empty.append(c)
@@ -160,8 +186,8 @@ def is_presplit(root: Path) -> bool:
 
 def presplit_bundle(root: Path, dataset: str, name_fn: Callable[[str], str], source: str) -> DatasetBundle:
     """Build a bundle from ``root/train/<class>/`` and ``root/test/<class>/`` (same class sets required)."""
-    train, skip_tr = scan_class_folders(root / "train", f"{dataset} train")
-    test, skip_te = scan_class_folders(root / "test", f"{dataset} test")
+    train, skip_tr = scan_class_folders(root / "train", f"{dataset} train", tree=root)
+    test, skip_te = scan_class_folders(root / "test", f"{dataset} test", tree=root)
     check_same_classes(list(train), list(test), f"{dataset} ({root})")
     classes = sorted(train)
     tr, te = _files_for(train, classes), _files_for(test, classes)
@@ -247,19 +273,39 @@ def stratified_split(
 
 
 # ----------------------------------------------------------------------------------------------- checks
-def check_readable(images: FileImages, decode: bool = False) -> list[str]:
+def check_readable(images: FileImages, decode: bool = False, reasons: dict[str, str] | None = None) -> list[str]:
     """Paths of ``images`` that PIL cannot open and verify (``decode=True`` also decodes every pixel).
 
+    Files that are not regular files (a FIFO would block the run) are never opened; 16-bit and float images
+    are decoded to check that their range can be scaled to 8 bit. ``reasons`` (when given) receives a short
+    reason for the files whose trouble is not plain corruption.
     Not called by the builders (it reads every file, slow on big sets); meant for ``data.skip_bad``.
     """
     bad = []
     for path in images.paths:
+        why = not_regular(path)
+        if why is not None:
+            bad.append(path)
+            if reasons is not None:
+                reasons[path] = f"{why}, not an image file"
+            continue
         try:
             with Image.open(path) as im:
+                wide = im.mode.startswith(WIDE_MODES)
                 im.verify()
-            if decode:
+            if decode or wide:
                 with Image.open(path) as im:
                     im.load()
+                    if wide:
+                        to_rgb8(im, path)
+        except Image.DecompressionBombError as exc:
+            bad.append(path)
+            if reasons is not None:
+                reasons[path] = f"larger than Pillow's safety limit of {Image.MAX_IMAGE_PIXELS} pixels ({exc})"
+        except DataError as exc:  # a 16-bit / float image whose range cannot be scaled to 8 bit
+            bad.append(path)
+            if reasons is not None:
+                reasons[path] = str(exc).removeprefix(f"{path}: ")
         except Exception:  # PIL raises many types for corrupt files
             bad.append(path)
     return bad

@@ -39,13 +39,16 @@ def drop_unreadable(bundle: DatasetBundle, skip_bad: bool) -> tuple[DatasetBundl
     """(bundle without unreadable files, their paths). Raises DataError if any is found and not ``skip_bad``,
     or if skipping leaves a class without training images."""
     splits = {"train": bundle.train, "test": bundle.test}
-    bad = {name: check_readable(images) if _is_plain_files(images) else [] for name, images in splits.items()}
+    reasons: dict[str, str] = {}
+    bad = {name: check_readable(images, reasons=reasons) if _is_plain_files(images) else []
+           for name, images in splits.items()}
     found = bad["train"] + bad["test"]
     if not found:
         return bundle, []
     if not skip_bad:
+        shown = [f"{p} ({reasons[p]})" if p in reasons else p for p in found]
         raise DataError(
-            f"{len(found)} image file(s) cannot be read (corrupt or not images):{_listing(found)}\n"
+            f"{len(found)} image file(s) cannot be read (corrupt or not images):{_listing(shown)}\n"
             "Fix or remove them, or set data.skip_bad=true to skip them (they are then listed in results.json)."
         )
     train = _keep(bundle.train, set(bad["train"])) if bad["train"] else bundle.train

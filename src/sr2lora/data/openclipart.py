@@ -113,7 +113,7 @@ JUDGED_EXCLUSIONS: dict[str, str] = {
     "byte-different copy of animals/mammals/cartoon_squirrel_mike_sm1.svg, which the pixel de-duplication "
     "gives to mammals, leaving fewer than 20",
 }
-# The issue asks for object classes, no icon/shape/misc folders. The icon, button, star, card, gradient and
+# The benchmark wants object classes, no icon/shape/misc folders. The icon, button, star, card, gradient and
 # unsorted folders are excluded by the rule, but only 36 of the remaining folders depict objects (animals,
 # food, buildings, vehicles, signs, flags, people, maps ...), so to reach the 40 classes a 4-task x 10-class
 # protocol needs, the four geometric folders are kept, most object-like first: shapes/jigsaw (puzzle pieces,

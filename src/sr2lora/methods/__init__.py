@@ -6,6 +6,8 @@ from . import (  # noqa: F401  (registration)
     frozen,
     inflora,
     joint,
+    ncm,
+    ranpac,
     sdlora,
     seqlora,
     sr2lora,

@@ -46,10 +46,16 @@ class Method:
     needs_layers: ClassVar[bool] = False  # True: per-layer [CLS] features are needed (new and old)
     single_task: ClassVar[bool] = False  # True: the engine runs one task holding every class (joint bound)
     rewrites_past: ClassVar[bool] = False  # True: later tasks rescale past LoRA (only final model reloads)
+    trains: ClassVar[bool] = True  # False: training-free (no epochs at all; the classifier does everything)
+    default_classifier: ClassVar[str] = "ca"  # the classifier with classifier.kind=auto (sr2lora.classifiers)
 
     def __init__(self, options: Any, weight: float = 1.0) -> None:
         self.options = options
         self.weight = weight
+
+    def trains_task(self, t: int) -> bool:
+        """Whether the engine runs task t's training epochs (default: :attr:`trains`, for every task)."""
+        return self.trains
 
     # ---- hooks (Avalanche-style) -------------------------------------------------------------
     def before_task(self, ctx: TaskContext) -> None:
@@ -94,7 +100,7 @@ def method_names() -> list[str]:
 
 
 def get_method_class(name: str) -> type[Method]:
-    from ..config import ConfigError
+    from ..errors import ConfigError
 
     if name not in _METHODS:
         import difflib
@@ -115,7 +121,7 @@ def create_method(name: str, options: dict[str, Any], weight: float) -> Method:
 
 def select_layers(spec: Any, num_layers: int, seed: int = 0) -> list[int]:
     """Which blocks (0-based) enter the relation: ``all``, ``first:k``, ``last:k``, ``random:k`` or a list."""
-    from ..config import ConfigError
+    from ..errors import ConfigError
 
     if spec == "all":
         return list(range(num_layers))
@@ -162,7 +168,7 @@ class LayerRegularizer(Method):
 
     def __init__(self, options: Any, weight: float = 1.0) -> None:
         super().__init__(options, weight)
-        from ..config import ConfigError
+        from ..errors import ConfigError
         from ..losses import RELATION_NORMS
 
         norm = getattr(options, "relation_norm", "none")

@@ -160,7 +160,7 @@ class InfLoRA(Method):
 
     def __init__(self, options: InfLoRAOptions, weight: float = 1.0) -> None:
         super().__init__(options, weight)
-        from ..config import ConfigError
+        from ..errors import ConfigError
 
         o = options
         for key in ("eps_start", "eps_end"):

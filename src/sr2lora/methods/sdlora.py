@@ -104,7 +104,7 @@ class SDLoRA(Method):
 
     def __init__(self, options: SDLoRAOptions, weight: float = 1.0) -> None:
         super().__init__(options, weight)
-        from ..config import ConfigError
+        from ..errors import ConfigError
 
         o = options
         if o.magnitudes not in ("shared", "layer"):
@@ -160,7 +160,7 @@ class SDLoRA(Method):
         model.fold()
 
     def before_task(self, ctx: TaskContext) -> None:
-        from ..config import ConfigError
+        from ..errors import ConfigError
 
         t, model = ctx.task, ctx.model
         self._hand_over(model, t)

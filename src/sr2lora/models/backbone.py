@@ -2,7 +2,7 @@
 
 ``CILModel.forward(x, tasks=n)`` runs the backbone with LoRA branches 0..n−1 active and returns the final
 [CLS] feature, the per-layer [CLS] features (each block's output through the backbone's final LayerNorm: the
-H(x) of METHOD.md) and the logits of heads 0..n−1 concatenated.
+H(x) of docs/method.md) and the logits of heads 0..n−1 concatenated.
 """
 
 from __future__ import annotations
@@ -18,15 +18,13 @@ import timm
 import torch
 from torch import nn
 
+from ..errors import WeightsError
 from .fastpath import block_forward, supports
 from .heads import TaskHeads
 from .lora import LoRAQKV
 
 IMGFOCUS_BACKBONE = "imgfocus-vits14"
 
-
-class WeightsError(RuntimeError):
-    """Pre-trained weights cannot be obtained; the message says how to point at a local file."""
 
 
 @dataclass

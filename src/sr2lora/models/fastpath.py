@@ -6,11 +6,12 @@ extraction, evaluation) cheaper than running timm's modules as they are:
 * Only the [CLS] token of the last block is used, so :func:`block_forward` with ``cls_only=True`` computes
   that block for token 0 alone (its keys and values still come from every token): ``blk(x)[:, :1]``. This is
   exact and is used with and without autograd.
-* Without autograd, on CPU in float32, :func:`linear` runs oneDNN's fused linear
+* Without autograd, on an AVX-512 CPU in float32, :func:`linear` runs oneDNN's fused linear
   (``mkldnn::_linear_pointwise``, the kernel inductor uses on CPU): bias and GELU are applied inside the
   matmul instead of as separate passes over the output. Results equal ``F.linear`` (+ ``F.gelu``) to float32
-  rounding (~1e-6 relative). Anywhere else (autograd on, CUDA, autocast, other dtypes, ``torch.compile``,
-  a build without oneDNN) it is ``F.linear``.
+  rounding (~1e-6 relative). On an AVX2-only CPU the same kernel measured 7-35% slower than ``F.linear`` for
+  the ViT-S shapes (``benchmarks/linear.py``), so there, and anywhere else (autograd on, CUDA, autocast,
+  other dtypes, ``torch.compile``, a build without oneDNN), it is ``F.linear``.
 
 :func:`supports` says whether a block is the plain timm ``Block``/``Attention``/``Mlp`` these functions
 reproduce; any other block runs its own ``forward``.
@@ -41,9 +42,23 @@ def onednn_available() -> bool:
     return _ONEDNN
 
 
+def onednn_preferred(cpu_capability: str | None = None) -> bool:
+    """Whether the fused kernel is worth using on a CPU of ``cpu_capability`` (default: this one's).
+
+    Only the AVX-512 family: on AVX2 it measured slower than ``F.linear`` (``benchmarks/linear.py``).
+    """
+    cap = torch.backends.cpu.get_cpu_capability() if cpu_capability is None else cpu_capability
+    return cap.startswith("AVX512")
+
+
+# Whether gradient-free CPU passes use the fused kernel; tests switch it on to check its values on any CPU.
+USE_ONEDNN: bool = onednn_preferred()
+
+
 def _use_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
     return (
-        not torch.is_grad_enabled()
+        USE_ONEDNN
+        and not torch.is_grad_enabled()
         and x.device.type == "cpu"
         and x.dtype == torch.float32
         and weight.dtype == torch.float32

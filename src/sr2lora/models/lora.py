@@ -2,7 +2,7 @@
 
 timm fuses q, k, v into one ``qkv`` Linear (out = 3·d). Task s owns, for each adapted target k ∈ {q, k, v},
 a pair A_{s,k} (r×d, Kaiming-uniform a=√5) and B_{s,k} (d×r, zeros); the effective weight of target k with tasks
-0..n−1 active is W_k + Σ_{s<n} B_{s,k} A_{s,k} (no α/r scaling, no dropout: METHOD.md).
+0..n−1 active is W_k + Σ_{s<n} B_{s,k} A_{s,k} (no α/r scaling, no dropout: docs/method.md).
 
 Past branches are frozen, so their sum is folded into ``folded_weight`` = W + Σ_{s<n_folded} B_s A_s (recomputed
 from W and the factors, not accumulated, so no drift). A forward with ``active`` tasks uses:

@@ -1,0 +1,111 @@
+"""The classifier interface and registry: what turns the final [CLS] feature into a prediction.
+
+The engine trains the per-task linear heads with cross-entropy during a task (that loss is what drives LoRA),
+then, with the model as it is after that task, hands the classifier the training features of the task's new
+classes (:meth:`Classifier.fit_task`) and lets it finish the task (:meth:`Classifier.finish_task`). Evaluation,
+``sr2lora predict`` and ``export`` use the classifier's logits, never the engine's own guess. Every classifier
+keeps only statistics of the classes it has seen, so its state after task t is small, exact and goes into the
+checkpoint (resume is exact). Registered kinds: ``ca`` (the heads after Gaussian classifier alignment), ``ncm``
+(cosine nearest class mean) and ``ridge`` (RanPAC's random projection + closed-form ridge regression).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, ClassVar
+
+import torch
+from torch import nn
+
+if TYPE_CHECKING:
+    from ..config import RunConfig
+    from ..models.heads import TaskHeads
+
+
+class Classifier:
+    """Base class; subclasses set ``kind`` and implement the hooks. ``offsets``: the scenario's task offsets."""
+
+    kind: ClassVar[str] = ""
+    # True: the per-task heads are what predicts (their state lives in the model, not in state_tensors)
+    uses_heads: ClassVar[bool] = False
+
+    def __init__(self, cfg: RunConfig, dim: int, offsets: Sequence[int]) -> None:
+        self.cfg = cfg
+        self.dim = dim
+        self.offsets = [int(o) for o in offsets]
+
+    # ---- the task loop ----------------------------------------------------------------------
+    def fit_task(
+        self, t: int, features: torch.Tensor, labels: torch.Tensor, classes: list[int],
+        class_names: Sequence[str] | None = None,
+    ) -> None:
+        """Take the training features (N, d) and run labels of task t's new ``classes`` (model after task t)."""
+        raise NotImplementedError
+
+    def finish_task(self, t: int, heads: TaskHeads, seed: int, single_task: bool = False) -> None:
+        """Make the classifier ready to predict every class seen after task t (``seed``: task t's seed)."""
+
+    def head(self, heads: TaskHeads, t: int) -> nn.Module:
+        """A module mapping features (B, d) to logits (B, C_t) over the classes seen after task t."""
+        raise NotImplementedError
+
+    def logits(self, features: torch.Tensor, heads: TaskHeads, t: int) -> torch.Tensor:
+        """Logits over the classes seen after task t, exactly as :meth:`head` computes them (the module is built
+        once per task and reused for every evaluation batch; :meth:`fit_task`/:meth:`finish_task` drop it)."""
+        cached = getattr(self, "_head_cache", None)
+        if cached is None or cached[0] != t or cached[1] is not heads:
+            cached = self._head_cache = (t, heads, self.head(heads, t))
+        return cached[2](features)
+
+    def drop_cached_head(self) -> None:
+        self._head_cache = None
+
+    # ---- what the run reports and keeps ------------------------------------------------------
+    @property
+    def fallback(self) -> list[int]:
+        """Classes whose statistics had to fall back to a default (too few samples)."""
+        return []
+
+    def summary(self) -> dict:
+        """JSON facts about the classifier for results.json (kind, chosen λ, ...)."""
+        return {"kind": self.kind}
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        return {}
+
+    def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        return None
+
+
+_CLASSIFIERS: dict[str, type[Classifier]] = {}
+
+
+def register_classifier(cls: type[Classifier]) -> type[Classifier]:
+    """Class decorator: make ``cls`` available as ``classifier.kind=<cls.kind>``."""
+    if not cls.kind or cls.kind in _CLASSIFIERS:
+        raise ValueError(f"classifier kind {cls.kind!r} missing or registered twice")
+    _CLASSIFIERS[cls.kind] = cls
+    return cls
+
+
+def classifier_kinds() -> list[str]:
+    return sorted(_CLASSIFIERS)
+
+
+def resolve_kind(cfg: RunConfig) -> str:
+    """``classifier.kind``, or the method's own default classifier when it is ``auto``."""
+    if cfg.classifier.kind != "auto":
+        return cfg.classifier.kind
+    from ..methods import get_method_class
+
+    return get_method_class(cfg.method.name).default_classifier
+
+
+def create_classifier(cfg: RunConfig, dim: int, offsets: Sequence[int]) -> Classifier:
+    """The classifier the run's config asks for (``classifier.kind``, or the method's default)."""
+    from ..errors import ConfigError
+
+    kind = resolve_kind(cfg)
+    if kind not in _CLASSIFIERS:
+        raise ConfigError(f"classifier.kind: unknown classifier {kind!r} (choose one of {', '.join(classifier_kinds())})")
+    return _CLASSIFIERS[kind](cfg, dim, offsets)

@@ -1,0 +1,466 @@
+"""Runs you can trust, through the CLI: a diverged stage stops the run, NaN never reaches JSON, one process per
+run folder, a resume that checks what it resumes, and inputs that used to hang end within seconds."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from conftest import read_results, run_cli
+from sr2lora.checkpoint import CKPT_DIR
+from sr2lora.run_lock import LOCK_NAME
+
+RUN = ("run", "--preset", "smoke", "--quiet")
+FAST = ("train.epochs=1", "ca.epochs=1")
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+
+
+def fails(capsys, *args, code: int = 2) -> str:
+    """Run the CLI, expect exit ``code`` and an `error:` line without a traceback; return stderr."""
+    rc = run_cli(*args)
+    captured = capsys.readouterr()
+    assert rc == code, captured.err
+    assert "Traceback" not in captured.err and "Traceback" not in captured.out
+    assert "error: " in captured.err, captured.err
+    return captured.err
+
+
+def strict_json(path: Path):
+    """Parse ``path`` refusing NaN/Infinity (which json.loads accepts by default but JSON does not have)."""
+    def refuse(token: str):
+        raise AssertionError(f"{path}: holds {token}, not valid JSON")
+
+    return json.loads(path.read_text(encoding="utf-8"), parse_constant=refuse)
+
+
+def image_folder(root: Path, per_class: dict[str, int]) -> Path:
+    """root/<class>/*.png, 32 px plain-colour images with noise."""
+    rng = np.random.default_rng(0)
+    for k, (name, n) in enumerate(sorted(per_class.items())):
+        (root / name).mkdir(parents=True)
+        colour = np.array([60 * k % 256, 255 - 60 * k % 256, 90 * k % 256])
+        for i in range(n):
+            pixels = np.clip(colour + rng.normal(0, 20, (32, 32, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(root / name / f"img{i:02d}.png")
+    return root
+
+
+def folder_args(root: Path) -> tuple[str, ...]:
+    return ("data.dataset=folder", f"data.root={root}", "scenario.init_cls=2", "scenario.increment=2", *FAST)
+
+
+def cli_process(*args: str, env: dict | None = None) -> subprocess.Popen:
+    """`python -m sr2lora ARGS` as a separate process (stdout/stderr captured)."""
+    full_env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1", **(env or {})}
+    return subprocess.Popen([sys.executable, "-m", "sr2lora", *map(str, args)], env=full_env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+# ------------------------------------------------------------------------------------- silent wrong results
+def test_diverged_alignment_stops_the_run(tmp_path, capsys):
+    """ca.lr=1e30: the heads blow up (finite but huge: chance accuracy); the run must not exit 0."""
+    out = tmp_path / "run"
+    err = fails(capsys, *RUN, "--out", out, *FAST, "ca.lr=1.0e+30")
+    assert "task 2: classifier alignment diverged" in err and "lower ca.lr (now 1e+30)" in err
+    assert not (out / "results.json").exists()
+    assert json.loads((out / CKPT_DIR / "state.json").read_text())["task"] == 0, "task 1's checkpoint is kept"
+
+
+def test_task_without_evaluation_images_writes_null_not_nan(tmp_path, capsys):
+    """A class with one image alone in a task has no test image: its accuracy is undefined -> null, said why."""
+    root = image_folder(tmp_path / "images", {"a": 6, "b": 6, "c": 6, "d": 1})
+    out = tmp_path / "run"
+    with pytest.warns(UserWarning, match="has 1 training sample"):
+        rc = run_cli(*RUN, "--out", out, "data.dataset=folder", f"data.root={root}", "scenario.order=natural",
+                     "scenario.init_cls=3", "scenario.increment=1", *FAST)
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    assert "task(s) 2 have no evaluation image" in captured.err
+    r = strict_json(out / "results.json")
+    assert r["empty_eval_tasks"] == [1] and r["task_test_counts"][1] == 0
+    assert r["accuracy_matrix"][1][1] is None and r["accuracy_matrix"][1][0] is not None
+    strict_json(out / CKPT_DIR / "state.json")
+
+
+# ------------------------------------------------------------------------------------- report
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("finished") / "run"
+    assert run_cli(*RUN, "--out", out, *FAST) == 0
+    return out
+
+
+def test_report_writes_valid_json_when_a_result_is_nan(tmp_path, finished_run, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    r = json.loads((run / "results.json").read_text())
+    r["forgetting"] = float("nan")
+    (run / "results.json").write_text(json.dumps(r))  # json.dumps writes NaN
+    assert run_cli("report", run, "--out", tmp_path / "rep") == 0
+    doc = strict_json(tmp_path / "rep" / "report.json")
+    assert doc["groups"][0]["metrics"]["forgetting"]["mean"] is None
+    assert "nan" not in capsys.readouterr().out.lower()
+
+
+@pytest.mark.parametrize("content, message", [
+    ('{"method": "sr2lora", "acc_cu', "not valid JSON"),
+    ("[1, 2, 3]", "expected a JSON object (a sr2lora results.json), got a list"),
+    ('{"method": "sr2lora"}', "not a sr2lora results.json (lacks acc_curve"),
+])
+def test_report_names_a_bad_results_file(tmp_path, finished_run, capsys, content, message):
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    (run / "results.json").write_text(content)
+    err = fails(capsys, "report", run, "--out", tmp_path / "rep")
+    assert f"{run / 'results.json'}: {message}" in err
+
+
+def test_report_over_runs_differing_in_many_keys_shortens_figure_names(tmp_path, finished_run, capsys):
+    runs = []
+    for i in range(2):
+        run = tmp_path / f"run{i}"
+        shutil.copytree(finished_run, run)
+        cfg = yaml.safe_load((run / "config.yaml").read_text())
+        cfg["model"]["timm_kwargs"]["label"] = f"{i}-" + "x" * 300  # one long differing value
+        (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+        runs.append(run)
+    assert run_cli("report", *runs, "--out", tmp_path / "rep") == 0, capsys.readouterr().err
+    figures = strict_json(tmp_path / "rep" / "report.json")["figures"]
+    matrices = [f for f in figures if f.startswith("matrix_")]
+    assert len(matrices) == 2 and len(set(matrices)) == 2
+    assert all(len(f) < 255 and (tmp_path / "rep" / f).is_file() for f in figures)
+
+
+# ------------------------------------------------------------------------------------- run-folder lock
+def wait_for(path: Path, proc: subprocess.Popen, seconds: float = 60) -> None:
+    end = time.monotonic() + seconds
+    while not path.exists():
+        if proc.poll() is not None:
+            raise AssertionError(f"the first run ended early: {proc.communicate()}")
+        if time.monotonic() > end:
+            raise AssertionError(f"{path} did not appear")
+        time.sleep(0.1)
+
+
+def test_second_run_into_a_folder_in_use_fails_and_a_killed_owners_lock_is_stale(tmp_path, capsys):
+    out = tmp_path / "run"
+    # The first run pauses inside its first checkpoint write, so it is alive and owns the folder.
+    first = cli_process(*RUN, "--out", out, *FAST, env={"SR2LORA_TEST_PAUSE_IN_CHECKPOINT": "60"})
+    try:
+        wait_for(out / "config.yaml", first)
+        owner = json.loads((out / LOCK_NAME).read_text())
+        assert owner["pid"] == first.pid and owner["host"] == socket.gethostname()
+        config_before = (out / "config.yaml").read_bytes()
+        for args in ((*RUN, "--out", out, *FAST), ("run", "--resume", out, "--quiet")):
+            err = fails(capsys, *args)
+            assert f"in use by another sr2lora process (pid {first.pid}" in err
+        assert (out / "config.yaml").read_bytes() == config_before
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.communicate()
+    assert (out / LOCK_NAME).exists(), "SIGKILL leaves the lock behind"
+    assert run_cli("run", "--resume", out, "--quiet") == 0
+    captured = capsys.readouterr()
+    assert f"removing the stale lock of pid {first.pid}" in captured.err
+    assert read_results(out)["num_tasks"] == 5
+    assert not (out / LOCK_NAME).exists(), "the lock is released at the end"
+
+
+def test_two_fresh_runs_started_at_once_one_wins(tmp_path, capsys):
+    """Both pass the 'folder already holds a run' check; the lock lets only one of them write."""
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / LOCK_NAME).write_text(json.dumps({"pid": os.getppid(), "host": socket.gethostname(), "started": "x"}))
+    err = fails(capsys, *RUN, "--out", out, *FAST)
+    assert f"pid {os.getppid()}" in err and "choose another --out" in err
+    assert sorted(p.name for p in out.iterdir()) == [LOCK_NAME], "nothing was written"
+
+
+# ------------------------------------------------------------------------------------- resume checks
+FOUR = {"a": 6, "b": 6, "c": 6, "d": 6}
+
+
+@pytest.fixture(scope="module")
+def folder_run(tmp_path_factory) -> tuple[Path, Path]:
+    """(image folder, finished 2-task run on it)."""
+    base = tmp_path_factory.mktemp("folder_run")
+    root = image_folder(base / "images", FOUR)
+    out = base / "run"
+    assert run_cli(*RUN, "--out", out, *folder_args(root)) == 0
+    return root, out
+
+
+def unfinished(run: Path, dst: Path) -> Path:
+    """A run folder as a crash would leave it: config and checkpoint, no results.json."""
+    shutil.copytree(run, dst)
+    (dst / "results.json").unlink()
+    return dst
+
+
+def test_resume_on_a_changed_dataset_is_refused(tmp_path, folder_run, capsys):
+    root, run = folder_run
+    other = tmp_path / "images"
+    shutil.copytree(root, other)
+    shutil.copy(other / "a" / "img00.png", other / "a" / "img99.png")  # one more training image
+    resumed = unfinished(run, tmp_path / "run")
+    err = fails(capsys, "run", "--resume", resumed, "--quiet", f"data.root={other}")
+    assert "the checkpoint was written on another dataset than data.root now gives" in err
+    assert f"root {root.resolve()} -> {other.resolve()}" in err and "train files 16 -> 17" in err
+    assert not (resumed / "results.json").exists()
+
+
+def test_resume_on_a_moved_identical_copy_is_accepted(tmp_path, folder_run, capsys):
+    root, run = folder_run
+    moved = tmp_path / "moved"
+    shutil.copytree(root, moved)
+    resumed = unfinished(run, tmp_path / "run")
+    assert run_cli("run", "--resume", resumed, "--quiet", f"data.root={moved}") == 0
+    assert f"the dataset moved from {root.resolve()} to {moved.resolve()}" in capsys.readouterr().err
+    assert read_results(resumed)["accuracy_matrix"] == read_results(run)["accuracy_matrix"]
+
+
+@pytest.mark.parametrize("name", ["model.safetensors", "stats.safetensors", "method.safetensors",
+                                  "heads.safetensors", "manifest.json", "state.json"])
+def test_resume_refuses_a_checkpoint_missing_a_file(tmp_path, folder_run, capsys, name):
+    _, run = folder_run
+    resumed = unfinished(run, tmp_path / "run")
+    (resumed / CKPT_DIR / name).unlink()
+    before = sorted(p.name for p in (resumed / CKPT_DIR).iterdir())
+    err = fails(capsys, "run", "--resume", resumed, "--quiet")
+    expected = {"manifest.json": "no manifest.json", "state.json": "incomplete checkpoint (no state.json)"}
+    assert expected.get(name, f"{resumed / CKPT_DIR / name}: missing from the checkpoint") in err
+    assert sorted(p.name for p in (resumed / CKPT_DIR).iterdir()) == before, "nothing was changed"
+
+
+@pytest.mark.parametrize("task", [10, "x"])
+def test_resume_refuses_an_edited_state(tmp_path, folder_run, capsys, task):
+    _, run = folder_run
+    resumed = unfinished(run, tmp_path / "run")
+    state_file = resumed / CKPT_DIR / "state.json"
+    state = json.loads(state_file.read_text())
+    state["task"] = task
+    state_file.write_text(json.dumps(state))
+    err = fails(capsys, "run", "--resume", resumed, "--quiet")
+    assert f"{state_file}: changed since the checkpoint was written" in err
+
+
+# ------------------------------------------------------------------------------------- the file walker
+def test_symlink_to_a_parent_folder_is_not_followed(tmp_path, capsys):
+    root = image_folder(tmp_path / "images", FOUR)
+    (root / "a" / "loop").symlink_to("..")  # would make class a swallow every other class's images
+    (root / "b" / "sibling").symlink_to(root / "c")  # would read class c's images again as class b
+    out = tmp_path / "run"
+    with pytest.warns(UserWarning, match="ignored 1 symlinked folder"):
+        assert run_cli(*RUN, "--out", out, *folder_args(root)) == 0
+    info = read_results(out)["dataset_info"]
+    assert info["train"] + info["test"] == 24, "each image once, under its own class"
+
+
+def test_fifo_named_like_an_image_does_not_hang(tmp_path):
+    root = image_folder(tmp_path / "images", FOUR)
+    fifo = root / "a" / "x.png"
+    os.mkfifo(fifo)
+    out = tmp_path / "run"
+    proc = cli_process(*RUN, "--out", out, *folder_args(root))
+    try:
+        _, err = proc.communicate(timeout=30)  # opening the FIFO would block forever
+    finally:
+        proc.kill()
+    assert proc.returncode == 2 and "Traceback" not in err
+    assert f"{fifo} (a FIFO (named pipe), not an image file)" in err
+    assert not out.exists(), "nothing was left behind"
+
+
+def test_out_inside_the_data_folder_is_refused_before_anything_is_created(tmp_path, capsys):
+    root = image_folder(tmp_path / "images", FOUR)
+    for out in (root / "myrun", root / "a" / "run"):
+        err = fails(capsys, *RUN, "--out", out, *folder_args(root))
+        assert f"--out {out}: inside the dataset folder {root}" in err
+        assert not out.exists()
+
+
+def test_16_bit_and_float_images_are_scaled_to_8_bit(tmp_path):
+    from sr2lora.data.base import DataError, FileImages
+
+    grey = np.full((8, 8), 0.5)
+    files = {
+        "png16.png": Image.fromarray((grey * 65535).astype(np.uint16)),  # 16-bit grey PNG
+        "int32.tif": Image.fromarray((grey * 65535).astype(np.int32)),  # 32-bit integer TIFF, values 0..65535
+        "float.tif": Image.fromarray(grey.astype(np.float32)),  # float TIFF in [0, 1]
+        "float255.tif": Image.fromarray((grey * 255).astype(np.float32)),  # float TIFF in [0, 255]
+    }
+    for name, im in files.items():
+        im.save(tmp_path / name)
+    images = FileImages([tmp_path / n for n in files], [0] * len(files))
+    for i, name in enumerate(files):
+        pixels = np.asarray(images.load(i))
+        assert pixels.shape == (8, 8, 3) and np.abs(pixels.astype(int) - 128).max() <= 1, (name, pixels[0, 0])
+    Image.fromarray(np.full((8, 8), 7.5e3, dtype=np.float32)).save(tmp_path / "odd.tif")
+    with pytest.raises(DataError, match=r"odd.tif: a float image with values in \[7500, 7500\]"):
+        FileImages([tmp_path / "odd.tif"], [0]).load(0)
+
+
+def test_float_image_of_unknown_range_is_named_before_training(tmp_path, capsys):
+    root = image_folder(tmp_path / "images", FOUR)
+    Image.fromarray(np.full((32, 32), -3.0, dtype=np.float32)).save(root / "a" / "odd.tif")
+    err = fails(capsys, *RUN, "--out", tmp_path / "run", *folder_args(root))
+    assert f"{root / 'a' / 'odd.tif'} (a float image with values in [-3, -3]" in err
+
+
+# ------------------------------------------------------------------------------------- distributed env
+def test_stray_distributed_environment_is_ignored(tmp_path):
+    out = tmp_path / "run"
+    env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29555", "WORLD_SIZE": "2", "RANK": "0"}
+    for k in ("TORCHELASTIC_RUN_ID", "SR2LORA_DISTRIBUTED"):
+        os.environ.pop(k, None)
+    proc = cli_process(*RUN, "--out", out, *FAST, env=env)
+    try:
+        _, err = proc.communicate(timeout=120)  # used to wait forever for a second process
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    assert "note: ignoring WORLD_SIZE=2, RANK=0, MASTER_ADDR=127.0.0.1" in err and "not started by torchrun" in err
+    assert read_results(out)["num_tasks"] == 5
+
+
+# ------------------------------------------------------------------------------------- export, predict
+def test_export_does_not_overwrite_without_force(tmp_path, finished_run, capsys):
+    out = tmp_path / "x.safetensors"
+    sidecar = out.with_suffix(".json")
+    sidecar.write_text("my notes")
+    err = fails(capsys, "export", "--run", finished_run, "--out", out)
+    assert f"{sidecar} already exist(s); nothing was written" in err and "--force" in err
+    assert sidecar.read_text() == "my notes" and not out.exists()
+    assert run_cli("export", "--run", finished_run, "--out", out, "--force") == 0
+    assert json.loads(sidecar.read_text())["weights"] == "x.safetensors"
+
+
+def test_predict_fails_when_no_file_could_be_classified(tmp_path, finished_run, capsys):
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not an image")
+    assert run_cli("predict", "--run", finished_run, bad, "--quiet") == 2
+    err = capsys.readouterr().err
+    assert "error: none of the 1 file(s) could be read as an image" in err and "Traceback" not in err
+
+
+# ------------------------------------------------------------------------------------- validation before any work
+RANGE_CASES = {
+    "warmup": (["train.warmup_steps=-1"], "train.warmup_steps: must be >= 0, got -1"),
+    "weight": (["method.weight=-1"], "method.weight: must be >= 0, got -1.0"),
+    "samples-factor": (["ca.samples_factor=0"], "ca.samples_factor: must be >= 1, got 0"),
+    "threads": (["train.threads=-1"], "train.threads: must be >= 0, got -1"),
+    "t-max": (["ca.t_max=0"], "ca.t_max: must be >= 1, got 0"),
+    "ca-batch": (["ca.batch_size=-1"], "ca.batch_size: must be >= 0, got -1"),
+    "workers": (["data.num_workers=-1"], "data.num_workers: must be >= 0, got -1"),
+    "cov-shrink": (["ca.cov_shrink=-1"], "ca.cov_shrink: must be >= 0, got -1.0"),
+    "resize-ratio": (["data.resize_ratio=0"], "data.resize_ratio: must be > 0, got 0.0"),
+    "beta": (["method.beta=-1"], "method.beta: must be > 0, got -1.0"),
+    "ca-tau": (["ca.tau=0"], "ca.tau: must be > 0, got 0.0"),
+    "logitnorm-tau": (["train.loss=logitnorm", "train.logitnorm_tau=0"], "train.logitnorm_tau: must be > 0, got 0.0"),
+    "seed-low": (["seed=-1"], "seed: must be >= 0 and <= 4294967295, got -1"),
+    "seed-high": (["seed=4294967296"], "seed: must be >= 0 and <= 4294967295, got 4294967296"),
+    "order-names": (["scenario.order=[a, b]"], "scenario.order[0]: expected a class id (an integer), got 'a'"),
+    "order-float": (["scenario.order=[0.5, 1]"], "scenario.order[0]: expected a class id (an integer), got 0.5"),
+    "device-name": (["train.device=banana"], "train.device: expected auto, cpu, cuda, cuda:N or mps, got 'banana'"),
+    "timm-keyword": (["model.timm_kwargs.colour=1"], "unexpected keyword argument 'colour'"),
+    "timm-heads": (["model.timm_kwargs.num_heads=5"], "dim should be divisible by num_heads"),
+}
+
+
+@pytest.mark.parametrize("case", list(RANGE_CASES))
+def test_out_of_range_value_fails_before_any_work(tmp_path, capsys, case):
+    overrides, message = RANGE_CASES[case]
+    out = tmp_path / "run"
+    err = fails(capsys, *RUN, "--out", out, *FAST, *overrides)
+    assert message in err
+    assert not out.exists(), "nothing may be created before the config is valid"
+
+
+def test_cuda_without_a_gpu_fails_before_any_work(tmp_path, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    out = tmp_path / "run"
+    err = fails(capsys, *RUN, "--out", out, *FAST, "train.device=cuda")
+    assert "train.device=cuda: this machine has no CUDA device" in err and not out.exists()
+
+
+def test_dotted_override_merges_into_timm_kwargs(capsys):
+    assert run_cli("config", "--preset", "smoke", "model.timm_kwargs.depth=2") == 0
+    kwargs = yaml.safe_load(capsys.readouterr().out)["model"]["timm_kwargs"]
+    assert kwargs == {"patch_size": 8, "embed_dim": 64, "depth": 2, "num_heads": 4}
+
+
+def test_yaml_alias_bomb_is_refused_quickly(tmp_path):
+    lines = ["a: &a [x, x, x, x, x, x, x, x, x, x]"]
+    lines += [f"{c}: &{c} [*{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}]"
+              for p, c in zip("abcdefgh", "bcdefghi")]  # 10^9 values expanded
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text("base: smoke\nmodel:\n  timm_kwargs:\n" + "".join(f"    {line}\n" for line in lines))
+    proc = cli_process("config", "--preset", bomb)
+    try:
+        out, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 2 and "Traceback" not in err and len(out) < 1000
+    assert f"{bomb}: the YAML expands to more than 100000 values" in err
+
+
+def test_preset_with_resume_is_refused(finished_run, capsys):
+    err = fails(capsys, "run", "--preset", "smoke", "--resume", finished_run)
+    assert "--preset smoke with --resume" in err and "drop --preset" in err
+
+
+def test_base_is_resolved_relative_to_the_preset_file(tmp_path, monkeypatch, capsys):
+    sub = tmp_path / "presets"
+    sub.mkdir()
+    (sub / "mine.yaml").write_text("base: smoke\nseed: 7\n")
+    (sub / "child.yaml").write_text("base: mine.yaml\ntrain:\n  epochs: 2\n")
+    (sub / "orphan.yaml").write_text("base: nothere.yaml\n")
+    monkeypatch.chdir(tmp_path)  # not the presets folder
+    assert run_cli("config", "--preset", sub / "child.yaml") == 0
+    cfg = yaml.safe_load(capsys.readouterr().out)
+    assert cfg["seed"] == 7 and cfg["train"]["epochs"] == 2 and cfg["data"]["dataset"] == "smoke"
+    err = fails(capsys, "config", "--preset", sub / "orphan.yaml")
+    assert f"{sub / 'orphan.yaml'}: base: nothere.yaml not found (looked for {sub / 'nothere.yaml'}" in err
+
+
+def test_sweep_crossing_methods_with_an_option_names_the_method(tmp_path, capsys):
+    err = fails(capsys, "sweep", "--preset", "smoke", "--out", tmp_path / "sw", "--dry-run",
+                "method.name=sr2lora,frozen", "method.beta=2")
+    assert "method.name=frozen: unknown config key 'method.beta'" in err and "(valid: none)" in err
+
+
+def test_image_over_pillows_size_limit_is_named_as_such(tmp_path, capsys, monkeypatch):
+    from PIL import Image as PILImage
+
+    root = image_folder(tmp_path / "images", FOUR)
+    big = root / "a" / "big.png"
+    PILImage.fromarray(np.zeros((64, 64, 3), dtype=np.uint8)).save(big)
+    monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", 1500)  # 32x32 images pass, 64x64 is over twice the limit
+    err = fails(capsys, *RUN, "--out", tmp_path / "run", *folder_args(root))
+    assert f"{big} (larger than Pillow's safety limit of 1500 pixels" in err
+
+
+@pytest.mark.parametrize("command", [("sweep", "--preset", "smoke", "train.epochs=1"),
+                                     ("demo", "--preset", "smoke", "--methods", "frozen")])
+def test_sweep_and_demo_refuse_a_folder_in_use(tmp_path, capsys, command):
+    out = tmp_path / "folder"
+    out.mkdir()
+    (out / LOCK_NAME).write_text(json.dumps({"pid": os.getppid(), "host": socket.gethostname(), "started": "x"}))
+    err = fails(capsys, *command, "--out", out)
+    assert f"in use by another sr2lora process (pid {os.getppid()}" in err
+    assert sorted(p.name for p in out.iterdir()) == [LOCK_NAME]
