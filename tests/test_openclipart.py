@@ -274,3 +274,24 @@ def test_real_openclipart_dataset() -> None:
     assert np.bincount(bundle.test.targets).min() >= 1 and np.bincount(bundle.train.targets).min() >= 15
     assert bundle.train.images.shape[1:] == (128, 128, 3)
     assert bundle.info["render_failures"] <= 10
+
+
+def test_parallel_render_finishes_under_the_cli_signal_handlers(tmp_path: Path) -> None:
+    """The render pool is started inside a run, where SIGTERM only requests a stop; its forked workers must still
+    end when the pool shuts down (they once inherited that handler and the build hung in Pool.terminate)."""
+    import subprocess
+    import sys
+
+    for i in range(240):
+        write(tmp_path / f"c{i}.svg", circle(f"#{i % 256:02x}{i // 4:02x}ff", r=5 + i % 40))
+    code = (
+        "import sys; from pathlib import Path; from sr2lora.data import openclipart as oc; "
+        "from sr2lora.signals import stop_on_signals\n"
+        "paths = sorted(str(p) for p in Path(sys.argv[1]).glob('*.svg'))\n"
+        "with stop_on_signals():\n"
+        "    out = oc._render_all(paths, 32, 2)\n"
+        "print(sum(img is not None for img, err, _ in out))\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "240"

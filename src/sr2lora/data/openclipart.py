@@ -478,8 +478,24 @@ def _render_all(
     if workers <= 1 or len(jobs) < 4 * workers:
         return [_render_job(j) for j in jobs]
     ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else None)
-    with ctx.Pool(workers) as pool:
-        return list(pool.imap(_render_job, jobs, chunksize=4))
+    pool = ctx.Pool(workers, initializer=_worker_signals)
+    try:
+        out = list(pool.imap(_render_job, jobs, chunksize=4))
+        pool.close()  # workers exit on their own once the queue is drained
+    except BaseException:
+        pool.terminate()
+        raise
+    finally:
+        pool.join()
+    return out
+
+
+def _worker_signals() -> None:
+    """A forked worker inherits the parent's handlers; the CLI's turn SIGTERM into a stop request, which a worker
+    would only note and ignore, so ``Pool.terminate`` (SIGTERM) would wait on it forever. Workers die on SIGTERM
+    and leave SIGINT to the parent."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 # --- Split --------------------------------------------------------------------------------------------------
