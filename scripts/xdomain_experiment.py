@@ -241,6 +241,10 @@ def statements(table: dict[int, dict[str, dict]], ours: str) -> list[str]:
             if base in rows:
                 b = rows[base]["final_acc"]
                 gain, spread = s[0] - b[0], max(s[1], b[1])
+                if min(len(rows[ours]["seeds"]), len(rows[base]["seeds"])) < 2:
+                    lines.append(f"- {t} tasks: `{ours}` vs `{base}`: A_T {gain:+.2f} points from one seed; no "
+                                 "verdict before the other seeds have run.")
+                    continue
                 verdict = "beats" if gain > spread else "does not beat"
                 lines.append(f"- {t} tasks: `{ours}` {verdict} `{base}` by more than the seeds' spread (A_T "
                              f"{gain:+.2f} points, spread {spread:.2f}; seeds {rows[ours]['seeds']}).")

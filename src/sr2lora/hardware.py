@@ -2,8 +2,8 @@
 
 bf16 autocast only pays off where the hardware has bf16 arithmetic: a CUDA device that supports it, or a CPU
 with AVX512-BF16 or AMX. Elsewhere oneDNN emulates bf16 and is far slower than fp32 (measured on a 2-vCPU
-AVX2-only AMD EPYC: one ViT-S/14 training step at 84 px, batch 32, took 37 s under bf16 against 1.34 s in fp32,
-28x). So ``auto`` decides from the capability flags torch exposes, never from a timing, and an explicit ``bf16``
+AVX2-only AMD EPYC with ``benchmarks/precision.py``: one ViT-S/14 training step at 56 px, batch 32, took 39.1 s
+under bf16 against 2.7 s in fp32, 14x). So ``auto`` decides from the capability flags torch exposes, never from a timing, and an explicit ``bf16``
 on such a CPU runs with one warning. :func:`resolve_precision` is pure (capabilities in, decision out) so that
 every case can be tested on any machine; :func:`probe` reads the capabilities of this one.
 """
@@ -18,7 +18,7 @@ import torch
 PRECISIONS = ("auto", "fp32", "bf16")
 BF16_EMULATED_SLOWDOWN = (
     "this CPU has no native bf16 (no AVX512-BF16, no AMX), so bf16 autocast is emulated: one ViT-S/14 training "
-    "step measured 28x slower than fp32 on such a CPU. Use train.precision=auto (fp32 here) or "
+    "step measured 14x slower than fp32 on such a CPU. Use train.precision=auto (fp32 here) or "
     "train.precision=fp32."
 )
 
