@@ -50,6 +50,26 @@ CONFIG_CASES = {
     "more-classes-than-dataset": (["scenario.init_cls=30"], "scenario.init_cls: 30 is more than the dataset's 20"),
     "rank-zero": (["model.rank=0"], "model.rank: must be a positive integer, got 0"),
     "lora-target": (["model.lora_targets=[q, o]"], "model.lora_targets: expected a non-empty subset of [q, k, v]"),
+    # a range for every numeric key, types inside lists, devices that exist, timm keywords
+    "warmup": (["train.warmup_steps=-1"], "train.warmup_steps: must be >= 0, got -1"),
+    "weight": (["method.weight=-1"], "method.weight: must be >= 0, got -1.0"),
+    "samples-factor": (["ca.samples_factor=0"], "ca.samples_factor: must be >= 1, got 0"),
+    "threads": (["train.threads=-1"], "train.threads: must be >= 0, got -1"),
+    "t-max": (["ca.t_max=0"], "ca.t_max: must be >= 1, got 0"),
+    "ca-batch": (["ca.batch_size=-1"], "ca.batch_size: must be >= 0, got -1"),
+    "workers": (["data.num_workers=-1"], "data.num_workers: must be >= 0, got -1"),
+    "cov-shrink": (["ca.cov_shrink=-1"], "ca.cov_shrink: must be >= 0, got -1.0"),
+    "resize-ratio": (["data.resize_ratio=0"], "data.resize_ratio: must be > 0, got 0.0"),
+    "beta": (["method.beta=-1"], "method.beta: must be > 0, got -1.0"),
+    "ca-tau": (["ca.tau=0"], "ca.tau: must be > 0, got 0.0"),
+    "logitnorm-tau": (["train.loss=logitnorm", "train.logitnorm_tau=0"], "train.logitnorm_tau: must be > 0, got 0.0"),
+    "seed-low": (["seed=-1"], "seed: must be >= 0 and <= 4294967295, got -1"),
+    "seed-high": (["seed=4294967296"], "seed: must be >= 0 and <= 4294967295, got 4294967296"),
+    "order-names": (["scenario.order=[a, b]"], "scenario.order[0]: expected a class id (an integer), got 'a'"),
+    "order-float": (["scenario.order=[0.5, 1]"], "scenario.order[0]: expected a class id (an integer), got 0.5"),
+    "device-name": (["train.device=banana"], "train.device: expected auto, cpu, cuda, cuda:N or mps, got 'banana'"),
+    "timm-keyword": (["model.timm_kwargs.colour=1"], "unexpected keyword argument 'colour'"),
+    "timm-heads": (["model.timm_kwargs.num_heads=5"], "dim should be divisible by num_heads"),
 }
 
 
@@ -57,7 +77,7 @@ CONFIG_CASES = {
 def test_bad_config_fails_before_any_work(tmp_path, capsys, case):
     overrides, message = CONFIG_CASES[case]
     out = tmp_path / "run"
-    err = fails(capsys, *RUN, "--out", out, *overrides)
+    err = fails(capsys, *RUN, "--out", out, *FAST, *overrides)
     assert message in err
     assert not out.exists(), "nothing may be created before the config is valid"
 
