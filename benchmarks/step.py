@@ -1,7 +1,7 @@
 """Cost of one training step: ``seqlora`` vs ``sr2lora`` vs a ``naive`` SR²-LoRA step (the reference's way).
 
-All three run the engine's own :func:`sr2lora.engine.training_step` on the same model at task index ≥ 5 (six
-earlier tasks whose LoRA B factors are random and nonzero, folded), interleaved in one process, ``--repeats``
+``seqlora`` and ``sr2lora`` run the engine's own :func:`sr2lora.engine.training_step`, ``naive`` this file's
+:func:`reference_step`, on the same model at task index ≥ 5 (six earlier tasks whose LoRA B factors are random and nonzero, folded), interleaved in one process, ``--repeats``
 times each; the table gives the median wall-clock time, the fastest repeat and the median process CPU
 time, and ratios of each, plus the paired ratio (median over repeats of the ratio of the two steps run back to
 back): on a machine shared with other work the paired ratio, the fastest repeat (timeit's convention) and CPU
@@ -41,11 +41,13 @@ import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
-from contextlib import nullcontext  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+from contextlib import AbstractContextManager, nullcontext  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from typing import Any  # noqa: E402
 
 import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 from results_io import write_result  # noqa: E402
 
 from sr2lora.config import load_config  # noqa: E402
@@ -54,6 +56,39 @@ from sr2lora.methods import Method, TaskContext, create_method  # noqa: E402
 from sr2lora.models.backbone import IMGFOCUS_BACKBONE, CILModel, create_vit  # noqa: E402
 
 VARIANTS = ("seqlora", "sr2lora", "naive")
+
+
+def reference_step(
+    model: CILModel,
+    method: Method,
+    ctx: TaskContext,
+    opt: torch.optim.Optimizer,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    offset: int,
+    *,
+    autocast: Callable[[], AbstractContextManager] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """One step the reference's way, for comparison with the engine's :func:`training_step`.
+
+    The current model from the stem; CE; then the previous model (branches 0..t−1) after it, recomputing the
+    stem, with autograd on (with past branches that require grad it records a graph never used); the
+    regulariser; backward; optimiser step. Returns (loss, ce, reg), detached.
+    """
+    t = ctx.task
+    with autocast() if autocast is not None else nullcontext():
+        tokens = model.embed(x)
+        new = model(x, tasks=t + 1 if method.uses_lora else 0, heads=t + 1, layers=method.needs_layers,
+                    logits=False, tokens=tokens)
+        logits = model.heads.head_logits(new.feature, t)
+        ce = F.cross_entropy(logits.float(), y - offset)
+        old = model(x, tasks=t, layers=method.needs_layers, logits=False) if method.needs_old and t > 0 else None
+        reg = method.regularizer(new, old, ctx)
+    loss = ce if reg is None else ce + method.weight * reg
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return loss.detach(), ce.detach(), None if reg is None else reg.detach()
 
 
 @dataclass
@@ -139,8 +174,8 @@ class Variant:
             p.grad = None
         sync(b.device)
         t0, c0 = time.perf_counter(), time.process_time()
-        loss, _, _ = training_step(b.model, self.method, self.ctx, self.opt, b.x, b.y, b.offset,
-                                   autocast=b.autocast, old_grad=self.old_grad)
+        step = reference_step if self.old_grad else training_step
+        loss, _, _ = step(b.model, self.method, self.ctx, self.opt, b.x, b.y, b.offset, autocast=b.autocast)
         float(loss)
         sync(b.device)
         return time.perf_counter() - t0, time.process_time() - c0

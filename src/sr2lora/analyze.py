@@ -1,40 +1,101 @@
 """Bringing a finished run back to measure it: ``sr2lora analyze`` (drift from the final checkpoint) and the
 evaluation of a run's checkpoint (single process or sharded under torchrun).
 
-These build a :class:`~sr2lora.engine.Trainer` from the run folder, so they sit above the engine; the drift
-measures themselves live in :mod:`sr2lora.analysis`, which the engine uses during training.
+:func:`restore_run` reads the run folder through :mod:`sr2lora.run_dir` (model, classifier and method state,
+nothing written) and builds the dataset the run trained on from its config, explicitly, since these analyses
+measure on its images. The drift measures themselves live in :mod:`sr2lora.analysis`, which the engine also
+uses during training; both compute through :mod:`sr2lora.evaluation`.
 """
 
 from __future__ import annotations
 
 import json
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import torch
+
+from . import distributed as ddp
+from . import hardware
 from .analysis import SCHEMA, load_drift, read_head_snapshots, trainer_tracker
 from .drift_margin import drift_margin_summary
-from .engine import Trainer
+from .engine import prepare_data, resolve_device
+from .run_dir import check_scenario, load_classifier, load_method, load_model, read_run, run_transforms
+
+if TYPE_CHECKING:
+    from .classifiers import Classifier
+    from .config import RunConfig
+    from .data.scenario import Scenario
+    from .engine import RunData
+    from .methods import Method
+    from .models.backbone import CILModel
+    from .run_dir import RunFolder
 
 
-def restore_run(run_dir: str | Path, device: str | None = None) -> tuple[Trainer, int]:
-    """(trainer holding the run's final checkpoint, number of tasks it has learned) for offline analyses.
+@dataclass
+class RestoredRun:
+    """A run's last checkpoint with the data it trained on, for offline measures (read-only by convention).
 
-    Raises FileNotFoundError when ``run_dir`` has no config.yaml or no checkpoint.
+    It has the attributes evaluation reads of a trainer (:class:`sr2lora.evaluation.RunView`), so the drift
+    tracker and the evaluation compute on it exactly as they did during training.
     """
-    from .config import load_config
+
+    run: RunFolder
+    cfg: RunConfig
+    data: RunData
+    scenario: Scenario
+    model: CILModel  # the model after the checkpoint's last task, every LoRA branch folded, eval mode
+    method: Method
+    classifier: Classifier
+    device: torch.device
+    precision: str
+    train_tf: Callable[[Any], torch.Tensor]
+    test_tf: Callable[[Any], torch.Tensor]
+    dist: ddp.DistContext
+    bars: bool = False
+
+
+def restore_run(run_dir: str | Path, device: str | None = None) -> tuple[RestoredRun, int]:
+    """(the run's final checkpoint with its data, number of tasks it has learned) for offline analyses.
+
+    Writes nothing and joins no process group (a caller under torchrun joins it first, as
+    :func:`evaluate_run` does). The checkpoint must still match the run: config.yaml unchanged, the same
+    dataset (identity, class order, task offsets) as ``data.*`` now gives. Raises FileNotFoundError when
+    ``run_dir`` has no config.yaml or no checkpoint.
+    """
+    from .checkpoint import check_config_unchanged
+    from .dataset_identity import check_same_dataset, dataset_identity
 
     run_dir = Path(run_dir)
-    cfg_file = run_dir / "config.yaml"
-    if not cfg_file.is_file():
+    if not (run_dir / "config.yaml").is_file():
         raise FileNotFoundError(f"{run_dir}: not a run folder (no config.yaml)")
-    cfg = load_config(str(cfg_file), [f"train.device={device}"] if device else [])
-    trainer = Trainer(cfg, run_dir, progress=False)
-    learned = trainer.restore()
-    if learned == 0:
+    run = read_run(run_dir, [f"train.device={device}"] if device else [], finished=False, verify=True)
+    if not run.state:
         raise FileNotFoundError(f"{run_dir}: no checkpoint (the run has not finished a task)")
-    return trainer, learned
+    cfg = run.config
+    check_config_unchanged(run_dir, run.state)
+    if cfg.train.threads > 0:
+        torch.set_num_threads(cfg.train.threads)
+    dist = ddp.current()
+    dev = ddp.resolve_device(resolve_device(cfg.train.device), dist)
+    precision = hardware.choose_precision(cfg.train.precision, hardware.probe(dev))
+    data = prepare_data(cfg)  # the measures need the run's images: the dataset, built from the config
+    check_same_dataset(run_dir, run.state.get("dataset"), dataset_identity(cfg.data.dataset, data.bundle,
+                                                                           cfg.data.root))
+    check_scenario(run_dir, run.state, data.scenario.class_order, data.scenario.offsets)
+    model = load_model(run, device=dev)
+    if cfg.train.compile:
+        model.compile_backbone()
+    _, train_tf, test_tf = run_transforms(cfg, model.vit)
+    restored = RestoredRun(
+        run=run, cfg=cfg, data=data, scenario=data.scenario, model=model, method=load_method(run),
+        classifier=load_classifier(run, model.embed_dim, data.scenario.offsets), device=dev, precision=precision,
+        train_tf=train_tf, test_tf=test_tf, dist=dist,
+    )
+    return restored, run.learned
 
 
 def analyze_run(run_dir: str | Path, samples_per_task: int | None = None, seed: int | None = None,
@@ -46,13 +107,13 @@ def analyze_run(run_dir: str | Path, samples_per_task: int | None = None, seed: 
     ``"heads": "final"`` in the result).
     """
     run_dir = Path(run_dir)
-    trainer, learned = restore_run(run_dir, device)
-    cfg = trainer.cfg
+    restored, learned = restore_run(run_dir, device)
+    cfg = restored.cfg
     n = samples_per_task if samples_per_task is not None else cfg.analysis.samples_per_task
     s = seed if seed is not None else cfg.analysis.seed
     if n <= 0:
         raise ValueError(f"--samples: must be positive, got {n}")
-    tracker = trainer_tracker(trainer, n, s, "checkpoint", heads=read_head_snapshots(run_dir))
+    tracker = trainer_tracker(restored, n, s, "checkpoint", heads=read_head_snapshots(run_dir))
     for t in range(learned):
         tracker.step(t)
     doc = tracker.to_json()
@@ -104,18 +165,21 @@ def evaluate_run(run_dir: str, out_json: str | None = None) -> dict:
     to check that distributed evaluation equals the single-process one exactly.
     """
     from .config import load_config
-    from .distributed import current
+    from .evaluation import predict_eval
     from .metrics import task_accuracies
 
     run = Path(run_dir)
     cfg = load_config(str(run / "config.yaml"))
-    trainer = Trainer(cfg, run, progress=False)
-    t = trainer.restore() - 1  # reads the checkpoint; nothing is written
-    if t < 0:
-        raise RuntimeError(f"{run}: no checkpoint to evaluate")
-    pred, y = trainer.predict_eval(t)
-    row, overall, counts = task_accuracies(pred == y, trainer.scenario.task_of_labels(y), t + 1)
-    ctx = current()
+    # the one offline step that runs sharded: join torchrun's process group (a no-op for one process)
+    ctx = ddp.init_from_env(resolve_device(cfg.train.device))
+    ddp.barrier(ctx)
+    try:
+        restored, learned = restore_run(run)  # reads the checkpoint; nothing is written
+    except FileNotFoundError as exc:
+        raise RuntimeError(f"{run}: no checkpoint to evaluate") from exc
+    t = learned - 1
+    pred, y = predict_eval(restored, t)
+    row, overall, counts = task_accuracies(pred == y, restored.scenario.task_of_labels(y), t + 1)
     result = {"world_size": ctx.world_size, "task": t, "row": row, "overall": overall, "counts": counts,
               "predictions": pred.tolist()}
     if out_json and ctx.is_main:
@@ -132,9 +196,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("usage: python -m sr2lora.analyze evaluate RUN_DIR [OUT_JSON]", file=sys.stderr)
         return 2
     r = evaluate_run(args[1], args[2] if len(args) > 2 else None)
-    from .distributed import current
-
-    if current().is_main:
+    if ddp.current().is_main:
         print(f"world size {r['world_size']}: accuracy {r['overall']:.2f}% per task {r['row']}")
     return 0
 

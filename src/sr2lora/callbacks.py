@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import csv
 import math
-import os
 import warnings
 from pathlib import Path
 from typing import Any
+
+from .atomic import atomic_open
 
 
 class Callback:
@@ -39,12 +40,10 @@ class CSVLog(Callback):
     def on_task(self, trainer: Any, t: int) -> None:
         if not self.rows:
             return
-        tmp = self.path.with_suffix(".csv.tmp")
-        with open(tmp, "w", newline="", encoding="utf-8") as fh:
+        with atomic_open(self.path, "w", newline="") as fh:
             w = csv.DictWriter(fh, fieldnames=list(self.rows[0]))
             w.writeheader()
             w.writerows(self.rows)
-        os.replace(tmp, self.path)
 
 
 class TensorBoardLog(Callback):
@@ -60,7 +59,11 @@ class TensorBoardLog(Callback):
             from torch.utils.tensorboard import SummaryWriter
 
             self.writer = SummaryWriter(str(log_dir))
-        except Exception as exc:  # tensorboard missing or the folder unwritable: keep training
+        except ImportError as exc:  # tensorboard missing: keep training, and say which extra installs it
+            from .extras import install_hint
+
+            self._fail(ImportError(f"{exc} (install it with `{install_hint('report')}`)"))
+        except Exception as exc:  # the folder unwritable: keep training
             self._fail(exc)
 
     def _fail(self, exc: BaseException) -> None:

@@ -28,7 +28,7 @@ checkpoint with a file missing or changed against ``manifest.json``.
 
 Random state is not saved, by design: all randomness of task t (LoRA initialisation, data order and
 augmentation, classifier-alignment sampling) is seeded from (seed, t) at the start of the task
-(:func:`sr2lora.engine.task_seed`), so resuming from the checkpoint of task t−1 reproduces an uninterrupted
+(:func:`sr2lora.seeding.task_seed`), so resuming from the checkpoint of task t−1 reproduces an uninterrupted
 run exactly (tested with runs killed mid-task and mid-checkpoint).
 
 Test hook: with ``SR2LORA_TEST_PAUSE_IN_CHECKPOINT=<seconds>`` in the environment, :func:`save_checkpoint`
@@ -51,6 +51,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from .atomic import atomic_write_json
 from .cache import file_sha256
 from .errors import CheckpointError
 
@@ -94,18 +95,7 @@ def write_json_atomic(path: Path, data: Any) -> None:
     """Write JSON to ``path`` via a fsynced temp file and rename, so readers never see half a file.
 
     Non-finite floats are written as null (:func:`json_safe`)."""
-    path = Path(path)
-    data = json_safe(data)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=2, allow_nan=False)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_json(path, json_safe(data))
 
 
 def _contiguous(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -16,7 +16,6 @@ from pathlib import Path  # noqa: E402
 from .config import (  # noqa: E402
     RUNTIME_KEYS,
     ConfigError,
-    flatten,
     load_config,
     load_preset_dict,
     parse_overrides,
@@ -63,24 +62,22 @@ def cmd_run(args: argparse.Namespace) -> int:
         cfg_file = run_dir / "config.yaml"
         if not cfg_file.is_file():
             raise UserError(f"--resume {run_dir}: not a run folder (no config.yaml); start one with `sr2lora run`")
-        if (run_dir / "results.json").is_file():
+        from .checkpoint import check_resumable
+        from .run_reuse import ExperimentMismatch, folder_state
+
+        planned = load_config(str(cfg_file), args.overrides)  # the saved config; overrides of runtime keys only
+        try:
+            state = folder_state(run_dir, planned)
+        except ExperimentMismatch as exc:
+            raise UserError(
+                f"--resume: overrides would change the experiment ({', '.join(exc.changed)}); only "
+                f"{', '.join(sorted(RUNTIME_KEYS))} may change. Start a new run instead."
+            ) from exc
+        if state == "done":
             print(f"{run_dir}: the run is finished (results.json exists); nothing to resume")
             return 0
-        from .checkpoint import check_resumable
-
         check_resumable(run_dir)  # before any work: the config and the checkpoint's files are the ones written
-        saved = load_config(str(cfg_file))
-        if args.overrides:
-            new = load_config(str(cfg_file), args.overrides)
-            a, b = flatten(saved.to_dict()), flatten(new.to_dict())
-            changed = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and k not in RUNTIME_KEYS)
-            if changed:
-                raise UserError(
-                    f"--resume: overrides would change the experiment ({', '.join(changed)}); only "
-                    f"{', '.join(sorted(RUNTIME_KEYS))} may change. Start a new run instead."
-                )
-            saved = new
-        results = _train(saved, run_dir, args.quiet, resume=True)
+        results = _train(planned, run_dir, args.quiet, resume=True)
     else:
         if not args.preset:
             raise UserError("run: give --preset NAME (see `sr2lora presets`) or --resume RUN_DIR")
@@ -91,9 +88,14 @@ def cmd_run(args: argparse.Namespace) -> int:
             raise UserError("run: a torchrun run needs --out RUN_DIR (the same folder for every process)")
         out = Path(args.out) if args.out else _default_out(cfg)
         from .run_lock import check_not_in_use
+        from .run_reuse import folder_state
 
         check_not_in_use(out)  # a run still writing there is named by its pid
-        if (out / "config.yaml").exists() or (out / "results.json").exists():
+        state = folder_state(out, cfg, hint="choose another --out")
+        if state == "done":
+            raise UserError(f"--out {out}: already holds a run of this experiment, finished (results.json); choose "
+                            f"another --out (nothing was overwritten)")
+        if state == "resumable":
             raise UserError(
                 f"--out {out}: already holds a run; continue it with `sr2lora run --resume {out}` or choose another "
                 f"--out (nothing was overwritten)"
@@ -291,12 +293,20 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from contextlib import nullcontext
 
     from .run_lock import run_folder_lock
+    from .signals import check_interrupt, stop_on_signals
     from .sweep import parse_seeds, run_sweep
 
     out = Path(args.out) if args.out else Path("runs") / f"sweep-{Path(args.preset).stem}"
-    with nullcontext() if args.dry_run else run_folder_lock(out):  # one sweep per folder at a time
-        summary = run_sweep(args.preset, args.items, out, parse_seeds(args.seeds), dry_run=args.dry_run,
-                            progress=not args.quiet, report=not args.no_report)
+    try:
+        # SIGINT/SIGTERM stop the run in progress cleanly; one sweep per folder at a time
+        with stop_on_signals(), nullcontext() if args.dry_run else run_folder_lock(out):
+            summary = run_sweep(args.preset, args.items, out, parse_seeds(args.seeds), dry_run=args.dry_run,
+                                progress=not args.quiet, report=not args.no_report)
+            check_interrupt()  # a stop asked for while the report was written is not swallowed
+    except Interrupted as exc:
+        print(f"interrupted; run the same `sr2lora sweep` again to continue (finished runs in {out} are skipped, "
+              f"the interrupted one resumed)", file=sys.stderr)
+        return exc.exit_code
     return 1 if summary["failed"] else 0
 
 

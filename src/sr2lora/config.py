@@ -18,8 +18,10 @@ from typing import Any, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
+from .atomic import atomic_write_text
 from .config_checks import check_ranges, check_yaml_size
 from .errors import ConfigError
+from .schedules import schedule_names
 
 
 @dataclass
@@ -387,7 +389,6 @@ def build_config(data: dict[str, Any]) -> RunConfig:
         options = _build_section(opt_cls, mdata, "method.")
     except ConfigError as exc:  # name the method: in a sweep over method.name an option may fit only some
         raise ConfigError(f"method.name={name}: {exc}") from exc
-    method_cls(options, weight)  # a method validates its own options (raises ConfigError naming the key)
     kwargs["method"] = MethodConfig(name=name, weight=weight, options=dataclasses.asdict(options))
     cfg = RunConfig(**kwargs)
     validate(cfg)
@@ -438,7 +439,7 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"train.lr: must be positive, got {t.lr}")
     choices = {
         "train.optimizer": (t.optimizer, ("adam", "sgd")),
-        "train.schedule": (t.schedule, ("reference", "cosine-step", "constant")),
+        "train.schedule": (t.schedule, schedule_names()),
         "train.loss": (t.loss, ("ce", "logitnorm")),
         "train.precision": (t.precision, ("auto", "fp32", "bf16")),
         "data.normalize": (d.normalize, ("none", "imagenet", "backbone")),
@@ -499,5 +500,5 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def dump_config(cfg: RunConfig, path: Path) -> None:
     """Write the fully resolved config as YAML (loadable again with `--preset path`)."""
-    with open(path, "w", encoding="utf-8") as fh:
-        yaml.safe_dump(cfg.to_dict(), fh, sort_keys=False)
+    # atomic: config.yaml marks a run folder, so a half-written one must never exist
+    atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))

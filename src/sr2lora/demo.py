@@ -2,8 +2,9 @@
 
 Runs each method on one preset and seed (default ``clipart-10t``: a pre-trained ViT-S/14 on 40 clip-art
 classes in 10 tasks), then prints a side-by-side table and writes a report with figures. A method whose run
-folder already holds a finished run of the same experiment is reused, so an interrupted demo continues where it
-stopped; ``--fresh`` reruns everything (same seed → same accuracies).
+folder already holds a finished run of the same experiment is reused and an unfinished one resumed
+(:mod:`sr2lora.run_reuse`), so an interrupted demo continues where it stopped; a folder holding another
+experiment is refused, naming what differs. ``--fresh`` reruns everything (same seed → same accuracies).
 
 With ``jobs`` > 1 the methods run as that many single-thread ``sr2lora run`` processes at once. On small CPUs
 this is the faster way to use the cores: two threads of one process share a ViT's small matmuls at ~65%
@@ -22,18 +23,12 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from .config import RunConfig, experiment_dict, load_config
+from .config import load_config
 from .errors import TrainingError
+from .run_reuse import folder_state
 from .signals import check_interrupt
 
 DEMO_METHODS = ("sr2lora", "seqlora", "frozen")
-
-
-def _same_experiment(run_dir: Path, cfg: RunConfig) -> bool:
-    saved = run_dir / "config.yaml"
-    if not saved.is_file():
-        return False
-    return experiment_dict(load_config(str(saved))) == experiment_dict(cfg)
 
 
 def summary_table(results: list[dict]) -> str:
@@ -142,10 +137,10 @@ def run_demo(
         run_dir = out / method
         if fresh and run_dir.exists():
             shutil.rmtree(run_dir)
-        same = _same_experiment(run_dir, cfg)
-        if (run_dir / "results.json").is_file() and same:
+        state = folder_state(run_dir, cfg, hint="add --fresh to rerun every method, or choose another --out")
+        if state == "done":
             print(f"[{i + 1}/{len(methods)}] {method}: reusing the finished run in {run_dir}")
-        elif same and (run_dir / "checkpoint").is_dir():  # interrupted: continue from its last task
+        elif state == "resumable":  # interrupted: continue from its last complete task
             print(f"[{i + 1}/{len(methods)}] {method}: resuming the interrupted run in {run_dir}")
             todo.append((method, cfg, run_dir, method_overrides, True))
         else:
@@ -153,10 +148,11 @@ def run_demo(
                 shutil.rmtree(run_dir)
             todo.append((method, cfg, run_dir, method_overrides, False))
         run_dirs.append(run_dir)
-    if jobs > 1 and len(todo) > 1:
+    if todo:  # the runs only read the cache: build what is missing once, here, before any of them starts
         from .assets import prepare_assets
 
-        prepare_assets(todo[0][1])  # once, here: parallel runs would each build an empty cache
+        prepare_assets(todo[0][1])
+    if jobs > 1 and len(todo) > 1:
         print(f"running {', '.join(m for m, *_ in todo)} as {min(jobs, len(todo))} single-thread processes at "
               f"once (sr2lora demo --jobs 1: one after another)", flush=True)
         _run_in_processes(preset, [(m, d, o, r) for m, _, d, o, r in todo], jobs)

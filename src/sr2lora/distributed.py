@@ -35,6 +35,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from .errors import ConfigError
+
 
 @dataclass(frozen=True)
 class DistContext:
@@ -163,8 +165,6 @@ def train_sampler(dataset, ctx: DistContext, seed: int) -> torch.utils.data.Dist
 
 def per_rank_batch(batch_size: int, ctx: DistContext) -> int:
     """``train.batch_size`` split over the ranks (the global batch is unchanged); it must divide evenly."""
-    from .errors import ConfigError
-
     if batch_size % ctx.world_size:
         raise ConfigError(
             f"train.batch_size: {batch_size} does not split over {ctx.world_size} processes; use a multiple "

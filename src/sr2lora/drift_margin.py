@@ -142,13 +142,11 @@ def correlation_table(doc: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
 def plot_drift_margin(doc: dict[str, Any], path: str | Path) -> Path:
     """Scatter of margin decrease vs each drift increase, one colour per method with its least-squares line
     (and the pooled line dashed)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
 
-    from .render import save_figure
+    from .render import pyplot, save_figure
+
+    plt = pyplot()
 
     fig, axes = plt.subplots(1, len(PLOTTED), figsize=(4.2 * len(PLOTTED), 4.0))
     methods = list(doc["by_method"])

@@ -8,7 +8,6 @@ resumed from the checkpoint of task t−1 is identical to an uninterrupted one.
 from __future__ import annotations
 
 import dataclasses
-import math
 import platform
 import sys
 import time
@@ -22,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from . import __version__, hardware
@@ -31,7 +30,6 @@ from .alignment import ClassGaussians
 from .cache import file_sha256
 from .callbacks import Callback, CSVLog, TensorBoardLog
 from .checkpoint import (
-    CheckpointError,
     check_config_unchanged,
     clean_partial,
     load_checkpoint,
@@ -43,14 +41,21 @@ from .config import RunConfig, dump_config
 from .data import build_dataset
 from .data.base import DatasetBundle
 from .data.integrity import drop_unreadable
-from .data.scenario import Scenario, TaskView, build_scenario, label_range_indices
-from .data.transforms import build_transforms, normalization, transform_spec
+from .data.scenario import Scenario, TaskView, build_scenario
+from .data.splits import rng_stream_order, stratified_split
+from .data.transforms import transform_spec
 from .errors import TrainingError
+from .evaluation import autocast, lora_tasks, over_batches, predict_eval, task_indices
+from .loaders import seeded_loader, train_loader
 from .losses import logitnorm_cross_entropy
 from .methods import Method, TaskContext, create_method, get_method_class
 from .metrics import AccuracyTracker, task_accuracies
-from .models.backbone import CILModel, create_vit
+from .models.backbone import CILModel
+from .optim import build_optimizer
 from .preflight import preflight
+from .run_dir import build_model, check_scenario, restore_weights, run_transforms, stored_weights
+from .schedules import lr_at
+from .seeding import task_seed
 from .signals import check_interrupt
 
 # |logit| of a class mean above this means the head's weights blew up (a converged head's logits are O(10)).
@@ -70,44 +75,10 @@ def check_finite_after(stage: str, t: int, tensors: dict[str, torch.Tensor], fix
         )
 
 
-def task_seed(seed: int, task: int, salt: int = 0) -> int:
-    """A per-task seed, so each task's randomness does not depend on what ran before it."""
-    return (seed * 1_000_003 + task * 7_919 + salt * 104_729) % (2**31 - 1)
-
-
-def reference_lr(base_lr: float, epoch: int, epochs: int) -> float:
-    """The reference's per-epoch schedule lr·cos(99π·e / (200·(E−1))) (constant when E = 1)."""
-    if epochs <= 1:
-        return base_lr
-    return base_lr * math.cos(99 * math.pi * epoch / (200 * (epochs - 1)))
-
-
-def cosine_step_lr(base_lr: float, step: int, total: int, warmup: int) -> float:
-    """Per-step cosine decay to 0 with linear warm-up (``train.schedule=cosine-step``)."""
-    if warmup > 0 and step < warmup:
-        return base_lr * (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return base_lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
-
-
-def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(keep, held-out) indices with ``fraction`` of each class held out (at least 1 when a class has ≥ 2)."""
-    rng = np.random.default_rng(seed)
-    keep, held = [], []
-    for c in np.unique(labels):
-        idx = np.nonzero(labels == c)[0]
-        idx = idx[rng.permutation(len(idx))]
-        n = int(round(fraction * len(idx)))
-        n = min(max(n, 1 if len(idx) >= 2 else 0), len(idx) - 1)
-        held.append(idx[:n])
-        keep.append(idx[n:])
-    return np.sort(np.concatenate(keep)), np.sort(np.concatenate(held))
 
 
 @dataclass
@@ -138,20 +109,15 @@ def prepare_data(cfg: RunConfig) -> RunData:
     bundle, skipped = drop_unreadable(bundle, cfg.data.skip_bad)  # every file opened once, before the model
     train_labels = scenario.remap(bundle.train.targets)
     if cfg.data.val_fraction > 0:
-        train_index, eval_index = stratified_split(train_labels, cfg.data.val_fraction, cfg.data.split_seed)
+        held = stratified_split(train_labels, cfg.data.val_fraction, rng_stream_order(cfg.data.split_seed),
+                                field="data.val_fraction")
+        train_index, eval_index = np.flatnonzero(~held), np.flatnonzero(held)
         return RunData(bundle, scenario, train_labels, train_labels, train_index, eval_index, "val", skipped)
     test_labels = scenario.remap(bundle.test.targets)
     return RunData(
         bundle, scenario, train_labels, test_labels, np.arange(len(train_labels)), np.arange(len(test_labels)),
         "test", skipped,
     )
-
-
-def build_model(cfg: RunConfig, uses_lora: bool) -> CILModel:
-    """The frozen backbone named by ``model.backbone`` wrapped with LoRA (when the method uses it) and heads."""
-    m = cfg.model
-    vit = create_vit(m.backbone, m.pretrained, img_size=cfg.data.image_size, timm_kwargs=m.timm_kwargs)
-    return CILModel(vit, rank=m.rank, targets=m.lora_targets, use_lora=uses_lora)
 
 
 def training_step(
@@ -167,7 +133,6 @@ def training_step(
     autocast: Callable[[], AbstractContextManager] | None = None,
     check: Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], None] | None = None,
     grad_sync: Callable[[], None] | None = None,
-    old_grad: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """One optimisation step of task ``ctx.task`` on (x, y): the step training runs (and the benchmarks time).
 
@@ -175,8 +140,8 @@ def training_step(
     first so that its working memory is freed before the current model's activations are held; the current
     model (branches 0..t) from the same tokens; the task-local loss plus ``method.weight`` × the method's
     regulariser, ``check(loss, ce, reg)`` (may raise), backward, ``grad_sync()`` (the distributed all-reduce),
-    optimiser step. ``old_grad=True`` is the reference's way (benchmarks only): the previous model runs after
-    the current one, recomputes the stem and with autograd on.
+    optimiser step. (The reference's way, the previous model after the current one with autograd on, lives in
+    ``benchmarks/step.py``, which times the two against each other.)
     Returns (loss, ce, reg), detached.
     """
     t = ctx.task
@@ -184,7 +149,7 @@ def training_step(
     with autocast() if autocast is not None else nullcontext():
         tokens = model.embed(x)  # the frozen stem, shared by both forwards
         old = None
-        if use_old and not old_grad:  # first, while no activations are held: its working memory adds nothing
+        if use_old:  # first, while no activations are held: its working memory adds nothing
             with torch.no_grad():
                 old = model(x, tasks=t, layers=method.needs_layers, logits=False, tokens=tokens)
         new = model(x, tasks=t + 1 if method.uses_lora else 0, heads=t + 1, layers=method.needs_layers,
@@ -192,8 +157,6 @@ def training_step(
         logits = model.heads.head_logits(new.feature, t)
         target = y - offset
         ce = task_loss(logits, target) if task_loss is not None else F.cross_entropy(logits.float(), target)
-        if use_old and old_grad:
-            old = model(x, tasks=t, layers=method.needs_layers, logits=False)
         reg = method.regularizer(new, old, ctx)
     loss = ce if reg is None else ce + method.weight * reg
     if check is not None:
@@ -238,12 +201,7 @@ class Trainer:
         self.model = build_model(cfg, self.method.uses_lora).to(self.device)
         if cfg.train.compile:
             self.model.compile_backbone()
-        mean_std = normalization(cfg.data.normalize, self._backbone_mean_std())
-        d = cfg.data
-        self.mean_std = mean_std
-        self.train_tf, self.test_tf = build_transforms(
-            d.image_size, d.train_scale, d.train_ratio, d.hflip, d.resize_ratio, mean_std
-        )
+        self.mean_std, self.train_tf, self.test_tf = run_transforms(cfg, self.model.vit)
         # what predicts (classifier.kind or the method's own; sr2lora.classifiers): the engine only calls its
         # interface; `gaussians` are the class statistics it keeps (empty for classifiers without any)
         self.classifier = create_classifier(cfg, self.model.embed_dim, self.scenario.offsets)
@@ -257,31 +215,13 @@ class Trainer:
         self.task_precision: list[str] = []  # per task: a resumed run may have computed elsewhere
         self.callbacks: list[Callback] = []  # set by run(): see _open_logs
 
-    def _backbone_mean_std(self):
-        pc = getattr(self.model.vit, "pretrained_cfg", None) or {}
-        if "mean" in pc and "std" in pc:
-            return tuple(pc["mean"]), tuple(pc["std"])
-        return None
-
     # ------------------------------------------------------------------ data
-    def _loader(self, images, labels, indices, transform, shuffle: bool, batch_size: int, seed: int) -> DataLoader:
-        view = TaskView(images, labels, indices, transform)
-        g = torch.Generator().manual_seed(seed)
-        return DataLoader(
-            view, batch_size=batch_size, shuffle=shuffle, generator=g, num_workers=self.cfg.data.num_workers,
-            drop_last=False, pin_memory=self.device.type == "cuda",
-            persistent_workers=False,
-        )
-
     def _task_indices(self, labels: np.ndarray, base: np.ndarray, lo: int, hi: int) -> np.ndarray:
-        sel = label_range_indices(labels[base], lo, hi)
-        return base[sel]
+        return task_indices(labels, base, lo, hi)
 
     # ------------------------------------------------------------------ one task
-    def _autocast(self):
-        return torch.autocast(
-            device_type=self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"
-        )
+    def _autocast(self) -> AbstractContextManager:
+        return autocast(self.device, self.precision)
 
     def _task_loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         if self.cfg.train.loss == "logitnorm":
@@ -289,81 +229,30 @@ class Trainer:
         return F.cross_entropy(logits.float(), targets)
 
     def train_task(self, t: int) -> None:
-        cfg, sc, model, method = self.cfg, self.scenario, self.model, self.method
-        lo, hi = sc.offsets[t], sc.offsets[t + 1]
+        """Train task ``t``: the method's hooks around ``train.epochs`` epochs of :meth:`train_epoch`."""
+        cfg, tc, model, method = self.cfg, self.cfg.train, self.model, self.method
+        lo, hi = self.scenario.offsets[t], self.scenario.offsets[t + 1]
         idx = self._task_indices(self.data.train_labels, self.data.train_index, lo, hi)
-        loader = self._loader(self.data.bundle.train, self.data.train_labels, idx, self.train_tf, True,
-                              cfg.train.batch_size, task_seed(cfg.seed, t, 1))
-        ctx = TaskContext(task=t, model=model, loader=loader, device=self.device, num_tasks=sc.num_tasks)
-        sampler = None
-        if self.dist.enabled:  # this rank's share of each epoch; hooks still see the whole task (ctx.loader)
-            view = TaskView(self.data.bundle.train, self.data.train_labels, idx, self.train_tf)
-            sampler = ddp.train_sampler(view, self.dist, task_seed(cfg.seed, t, 1))
-            loader = DataLoader(view, batch_size=ddp.per_rank_batch(cfg.train.batch_size, self.dist),
-                                sampler=sampler, num_workers=cfg.data.num_workers,
-                                pin_memory=self.device.type == "cuda")
+        view = TaskView(self.data.bundle.train, self.data.train_labels, idx, self.train_tf)
+        seed, workers, pin = task_seed(cfg.seed, t, 1), cfg.data.num_workers, self.device.type == "cuda"
+        loader, sampler = train_loader(view, tc.batch_size, seed, self.dist, workers, pin)
+        # hooks see the whole task: on one process the training loader itself, with several beside a rank's share
+        whole = loader if sampler is None else seeded_loader(view, tc.batch_size, True, seed, workers, pin)
+        ctx = TaskContext(task=t, model=model, loader=whole, device=self.device, num_tasks=self.scenario.num_tasks)
         method.before_task(ctx)
-        params = [p for p in method.trainable_parameters(ctx) if p.requires_grad]
-        for p in model.parameters():
-            p.requires_grad_(False)
-        for p in params:
-            p.requires_grad_(True)
-        tc = cfg.train
-        if tc.optimizer == "adam":
-            opt = torch.optim.Adam(params, lr=tc.lr, betas=(0.9, 0.999), weight_decay=tc.weight_decay)
-        else:
-            opt = torch.optim.SGD(params, lr=tc.lr, momentum=0.9, weight_decay=tc.weight_decay)
-        total_steps = tc.epochs * len(loader)
-        step = 0
+        params = self._set_trainable(method.trainable_parameters(ctx))
+        opt = build_optimizer(params, tc)
         grad_sync = (lambda: ddp.all_reduce_grads(params, self.dist)) if self.dist.enabled else None
         if self.dist.enabled:  # independent augmentations on each rank
             torch.manual_seed(task_seed(cfg.seed, t, 3) + self.dist.rank)
         model.train()
+        step, total_steps = 0, tc.epochs * len(loader)
         for epoch in range(tc.epochs if method.trains_task(t) else 0):  # training-free tasks: no epoch
-            if sampler is not None:
-                sampler.set_epoch(epoch)
-            if tc.schedule == "reference":
-                lr = reference_lr(tc.lr, epoch, tc.epochs)
-            elif tc.schedule == "constant":
-                lr = tc.lr
-            sums = {"loss": 0.0, "ce": 0.0, "reg": 0.0}
-            seen = 0
-            bar = tqdm(loader, desc=f"task {t + 1}/{sc.num_tasks} epoch {epoch + 1}/{tc.epochs}",
-                       disable=not self.bars, leave=False, dynamic_ncols=True)
-            for x, y, item in bar:
-                check_interrupt()  # SIGINT/SIGTERM: stop between steps
-                if tc.schedule == "cosine-step":
-                    lr = cosine_step_lr(tc.lr, step, total_steps, tc.warmup_steps)
-                for g in opt.param_groups:
-                    g["lr"] = lr
-                x, y = x.to(self.device, non_blocking=True), y.to(self.device)
-
-                def check(loss, ce, reg, item=item, epoch=epoch, step=step):
-                    if not torch.isfinite(loss):
-                        files = [self.data.bundle.train.describe(int(i)) for i in item[:8]]
-                        raise TrainingError(
-                            f"non-finite loss ({loss.item()}) at task {t + 1}, epoch {epoch + 1}, step {step}: "
-                            f"ce={ce.item():.4g}, reg={None if reg is None else reg.item()}; first files of the "
-                            f"batch: {files}. Lower train.lr or method.weight, or check these images."
-                        )
-
-                loss, ce, reg = training_step(model, method, ctx, opt, x, y, lo, task_loss=self._task_loss,
-                                              autocast=self._autocast, check=check, grad_sync=grad_sync)
-                step += 1
-                n = len(y)
-                seen += n
-                sums["loss"] += loss.item() * n
-                sums["ce"] += ce.item() * n
-                sums["reg"] += (0.0 if reg is None else reg.item()) * n
-                bar.set_postfix(loss=f"{sums['loss'] / seen:.3f}", ce=f"{sums['ce'] / seen:.3f}",
-                                reg=f"{sums['reg'] / seen:.3g}")
-            if self.dist.enabled:  # epoch means over every rank's samples
-                *totals, seen = ddp.all_reduce_sum([*sums.values(), seen], self.dist)
-                sums, seen = dict(zip(sums, totals)), int(seen)
-            self.csv_rows.append({"task": t, "epoch": epoch, "lr": lr, "steps": step,
-                                  **{k: v / max(seen, 1) for k, v in sums.items()}})
+            row = self.train_epoch(ctx, loader, opt, epoch, step, total_steps, sampler=sampler, grad_sync=grad_sync)
+            step = row["steps"]
+            self.csv_rows.append(row)
             for cb in self.callbacks:
-                cb.on_epoch(self.csv_rows[-1], len(self.csv_rows) - 1)
+                cb.on_epoch(row, len(self.csv_rows) - 1)
         for p in params:
             p.requires_grad_(False)
         if self.dist.enabled:  # identical already (same start, averaged gradients); make it bit-exact
@@ -373,30 +262,80 @@ class Trainer:
         model.fold()
         method.after_task(ctx)
 
+    def _set_trainable(self, params: Sequence[torch.nn.Parameter]) -> list[torch.nn.Parameter]:
+        """Freeze the whole model, then unfreeze those of ``params`` that require grad; returns them."""
+        params = [p for p in params if p.requires_grad]
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        for p in params:
+            p.requires_grad_(True)
+        return params
+
+    def train_epoch(
+        self, ctx: TaskContext, loader: DataLoader, opt: torch.optim.Optimizer, epoch: int, step: int,
+        total_steps: int, *, sampler: DistributedSampler | None = None, grad_sync: Callable[[], None] | None = None,
+    ) -> dict[str, Any]:
+        """One epoch of task ``ctx.task`` over ``loader``: returns its metrics.csv row.
+
+        ``step`` counts the task's steps before this epoch (the row's ``steps`` is the count after it) and
+        ``total_steps`` those of the whole task, for per-step schedules. Each step sets the schedule's lr, runs
+        :func:`training_step` (a non-finite loss stops the run) and adds to the epoch's sums; with several
+        processes the row's means are over every rank's samples.
+        """
+        t, tc = ctx.task, self.cfg.train
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+        # the epoch's lr (a per-step schedule sets it again before every step)
+        lr = lr_at(tc.schedule, tc.lr, epoch, tc.epochs, step, total_steps, tc.warmup_steps)
+        sums = {"loss": 0.0, "ce": 0.0, "reg": 0.0}
+        seen = 0
+        bar = tqdm(loader, desc=f"task {t + 1}/{ctx.num_tasks} epoch {epoch + 1}/{tc.epochs}",
+                   disable=not self.bars, leave=False, dynamic_ncols=True)
+        for x, y, item in bar:
+            check_interrupt()  # SIGINT/SIGTERM: stop between steps
+            lr = lr_at(tc.schedule, tc.lr, epoch, tc.epochs, step, total_steps, tc.warmup_steps)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device)
+            loss, ce, reg = training_step(
+                self.model, self.method, ctx, opt, x, y, self.scenario.offsets[t], task_loss=self._task_loss,
+                autocast=self._autocast, check=self._loss_check(t, epoch, step, item), grad_sync=grad_sync,
+            )
+            step += 1
+            n = len(y)
+            seen += n
+            sums["loss"] += loss.item() * n
+            sums["ce"] += ce.item() * n
+            sums["reg"] += (0.0 if reg is None else reg.item()) * n
+            bar.set_postfix(loss=f"{sums['loss'] / seen:.3f}", ce=f"{sums['ce'] / seen:.3f}",
+                            reg=f"{sums['reg'] / seen:.3g}")
+        if self.dist.enabled:  # epoch means over every rank's samples
+            *totals, seen = ddp.all_reduce_sum([*sums.values(), seen], self.dist)
+            sums, seen = dict(zip(sums, totals)), int(seen)
+        return {"task": t, "epoch": epoch, "lr": lr, "steps": step, **{k: v / max(seen, 1) for k, v in sums.items()}}
+
+    def _loss_check(self, t: int, epoch: int, step: int, item: torch.Tensor) -> Callable[..., None]:
+        """training_step's check of one step: a non-finite loss raises TrainingError naming the step and the
+        batch's first files (``item``: their dataset indices)."""
+
+        def check(loss: torch.Tensor, ce: torch.Tensor, reg: torch.Tensor | None) -> None:
+            if not torch.isfinite(loss):
+                files = [self.data.bundle.train.describe(int(i)) for i in item[:8]]
+                raise TrainingError(
+                    f"non-finite loss ({loss.item()}) at task {t + 1}, epoch {epoch + 1}, step {step}: "
+                    f"ce={ce.item():.4g}, reg={None if reg is None else reg.item()}; first files of the "
+                    f"batch: {files}. Lower train.lr or method.weight, or check these images."
+                )
+
+        return check
+
     # ------------------------------------------------------------------ statistics, alignment, evaluation
-    @torch.no_grad()
     def _over_batches(
         self, images, labels, indices, desc: str, forward: Callable[[torch.Tensor], torch.Tensor],
         empty: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(``forward(x)`` of every batch, run labels) over ``images[indices]`` with the test transform, in order.
-
-        With several processes each computes its share of the batches and all get the whole, in order.
-        ``forward`` returns a CPU tensor per batch; ``empty`` is its zero-row shape for a rank with no batch.
-        """
-        bs = self.cfg.train.eval_batch_size
-        mine = ddp.shard_batches(indices, bs, self.dist)
-        loader = self._loader(images, labels, mine, self.test_tf, False, bs, 0)
-        outs, ys = [empty], [torch.zeros(0, dtype=torch.int64)]
-        self.model.eval()
-        for x, y, _ in tqdm(loader, desc=desc, disable=not self.bars, leave=False):
-            check_interrupt()
-            with self._autocast():
-                outs.append(forward(x.to(self.device)))
-            ys.append(y.to(torch.int64))
-        n = len(indices)
-        out = ddp.gather_batches(torch.cat(outs), n, bs, self.dist)
-        return out, ddp.gather_batches(torch.cat(ys), n, bs, self.dist)
+        """(``forward(x)`` of every batch, run labels) over ``images[indices]``: :func:`sr2lora.evaluation.over_batches`."""
+        return over_batches(self, images, labels, indices, desc, forward, empty)
 
     def extract(self, images, labels, indices, tasks: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Final features (test transform) and run labels of ``images[indices]`` with ``tasks`` branches."""
@@ -407,7 +346,7 @@ class Trainer:
         )
 
     def _lora_tasks(self, t: int) -> int:
-        return t + 1 if self.method.uses_lora else 0
+        return lora_tasks(self.method.uses_lora, t)
 
     def compute_statistics(self, t: int) -> None:
         lo, hi = self.scenario.offsets[t], self.scenario.offsets[t + 1]
@@ -460,14 +399,7 @@ class Trainer:
 
     def predict_eval(self, t: int) -> tuple[np.ndarray, np.ndarray]:
         """(predicted run labels, true run labels) on the evaluation items of classes seen after task t."""
-        idx = self._task_indices(self.data.eval_labels, self.data.eval_index, 0, self.scenario.seen_classes(t))
-        pred, y = self._over_batches(
-            self.data.eval_images, self.data.eval_labels, idx, "evaluate",
-            lambda x: self.classifier.logits(self.model(x, tasks=self._lora_tasks(t), logits=False).feature,
-                                             self.model.heads, t).float().argmax(-1).cpu(),
-            torch.zeros(0, dtype=torch.int64),
-        )
-        return pred.numpy(), y.numpy()
+        return predict_eval(self, t)
 
     def evaluate(self, t: int) -> None:
         pred, y = self.predict_eval(t)
@@ -505,8 +437,7 @@ class Trainer:
             return
         from .snapshots import HEADS_GROUP, backbone_sha256, head_snapshots
 
-        model = {k: v for k, v in self.model.state_dict().items() if not k.startswith("vit.") or ".A." in k
-                 or ".B." in k}
+        model = stored_weights(self.model)  # LoRA factors and heads; the backbone is rebuilt (sr2lora.run_dir)
         # For `sr2lora predict/export` (sr2lora.export): heads as after each task, and a hash that detects a
         # backbone rebuilt differently (model.pretrained=false runs store no backbone weights).
         if getattr(self, "_backbone_sha256", None) is None:
@@ -533,21 +464,10 @@ class Trainer:
         from .dataset_identity import check_same_dataset
 
         check_same_dataset(self.out_dir, state.get("dataset"), self._dataset_identity())
-        for key, ours in (("class_order", self.scenario.class_order), ("offsets", self.scenario.offsets)):
-            if key in state and list(state[key]) != list(ours):
-                raise CheckpointError(
-                    f"{self.out_dir}: the checkpoint was written for another {key} ({state[key]}) than this "
-                    f"dataset and scenario give ({ours}); is data.root pointing at the same dataset?"
-                )
+        check_scenario(self.out_dir, state, self.scenario.class_order, self.scenario.offsets)
         t = int(state["task"])
-        for s in range(t + 1):
-            self.model.add_task(self.scenario.task_size(s))
-        missing, unexpected = self.model.load_state_dict(groups["model"], strict=False)
-        bad = [k for k in missing if not k.startswith("vit.") or ".A." in k or ".B." in k] + list(unexpected)
-        if bad:
-            raise CheckpointError(f"{self.out_dir}: the checkpoint does not match the model: {bad[:5]}")
-        self.model.to(self.device)
-        self.model.fold()
+        sizes = [self.scenario.task_size(s) for s in range(t + 1)]
+        restore_weights(self.model, groups["model"], sizes, self.device, self.out_dir)  # the model after task t
         self.classifier.load_state_tensors(groups.get("stats", {}))
         self.method.load_state_tensors(groups.get("method", {}))
         self.tracker.matrix = state["matrix"]

@@ -38,3 +38,7 @@ class OutputError(Sr2loraError, RuntimeError):
 
 class AssetsError(Sr2loraError, RuntimeError):
     """An offline asset (converted weights, rendered data) is missing or cannot be built."""
+
+
+class MissingExtraError(Sr2loraError, ImportError):
+    """An optional dependency is not installed; the message names the extra (``pip install 'sr2lora[...]'``)."""

@@ -1,8 +1,8 @@
 """Use a finished run: load it as one model over all learned classes, or export it as one plain timm model.
 
 A run folder holds no backbone weights, only the LoRA factors and heads (``checkpoint/model.safetensors``), so
-:func:`load_run` rebuilds the backbone exactly as the engine did: ``create_vit`` from the saved
-``config.yaml`` under ``torch.manual_seed(task_seed(seed, -1))``. For ``model.pretrained=false`` (the smoke
+:func:`load_run` rebuilds the backbone exactly as the engine did (:func:`sr2lora.run_dir.load_model`): ``create_vit``
+from the saved ``config.yaml`` under the run's backbone seed. For ``model.pretrained=false`` (the smoke
 preset) that seeded random init is the backbone; for pre-trained backbones it is the weights file or timm's
 hub cache (``imgfocus-vits14``: the cached converted weights). The ``backbone_sha256`` the engine stores in
 the checkpoint is checked, so a backbone rebuilt differently (another torch/timm version, changed weights) is an
@@ -18,8 +18,6 @@ reported accuracy can differ from these models' by a few images.
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,9 +26,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from .checkpoint import CheckpointError, load_checkpoint, write_json_atomic
-from .config import RunConfig, load_config
-from .snapshots import HEADS_GROUP, backbone_sha256, head_snapshot_keys, plain_backbone_state
+from .atomic import atomic_path
+from .checkpoint import CheckpointError, write_json_atomic
+from .config import RunConfig
+from .run_dir import load_classifier, load_model, method_class, read_run, run_transforms
+from .snapshots import plain_backbone_state
 
 EXPORT_FORMAT = "sr2lora-export/1"
 
@@ -73,124 +73,33 @@ class LoadedRun:
     num_tasks: int
 
 
-def _read_run(run_dir: Path) -> tuple[RunConfig, dict[str, Any], dict[str, dict[str, torch.Tensor]], dict]:
-    if not run_dir.is_dir():
-        raise CheckpointError(f"{run_dir}: no such run folder")
-    cfg_file = run_dir / "config.yaml"
-    if not cfg_file.is_file():
-        raise CheckpointError(f"{run_dir}: not a run folder (no config.yaml); train one with `sr2lora run`")
-    res_file = run_dir / "results.json"
-    if not res_file.is_file():
-        raise CheckpointError(
-            f"{run_dir}: the run is not finished (no results.json); finish it with `sr2lora run --resume {run_dir}`"
-        )
-    try:
-        results = json.loads(res_file.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{res_file}: unreadable results ({exc})") from exc
-    for key in ("class_names", "task_offsets", "num_tasks"):
-        if key not in results:
-            raise CheckpointError(f"{res_file}: has no {key!r} (written by an older sr2lora?); cannot load the run")
-    cfg = load_config(str(cfg_file))
-    loaded = load_checkpoint(run_dir)
-    if loaded is None:
-        raise CheckpointError(f"{run_dir}: no checkpoint (checkpoint/state.json missing); the run folder is incomplete")
-    groups, state = loaded
-    if int(state.get("task", -1)) != int(results["num_tasks"]) - 1 or "model" not in groups:
-        raise CheckpointError(
-            f"{run_dir}: the checkpoint holds task {int(state.get('task', -1)) + 1} of {results['num_tasks']}, "
-            f"not the finished run; resume it with `sr2lora run --resume {run_dir}`"
-        )
-    return cfg, results, groups, state
-
-
-def _backbone_mean_std(vit: nn.Module):
-    pc = getattr(vit, "pretrained_cfg", None) or {}
-    if "mean" in pc and "std" in pc:
-        return tuple(pc["mean"]), tuple(pc["std"])
-    return None
-
-
 def load_run(run_dir: str | Path, task: int | None = None, device: str | torch.device = "cpu") -> LoadedRun:
     """Load a finished run as one model over all its classes (``task=t``: the model as after task t, 0-based).
 
     The backbone is rebuilt from the saved config (no network when its weights are local or cached) and checked
     against the checkpoint's hash; LoRA branches 0..t are folded into the qkv weights. ``task=t`` before the
     last task needs the per-task head snapshots (classifier alignment rewrites old heads after every task);
-    runs trained before they were saved can only load their final model.
+    runs trained before they were saved can only load their final model. Reads the run folder through
+    :mod:`sr2lora.run_dir`: no dataset, no file written.
     """
-    from .data.transforms import build_transforms, normalization, transform_spec
-    from .engine import build_model, resolve_device, task_seed
-    from .methods import get_method_class
+    from .data.transforms import transform_spec
+    from .engine import resolve_device
+    from .evaluation import lora_tasks
 
     run_dir = Path(run_dir)
-    cfg, results, groups, state = _read_run(run_dir)
+    run = read_run(run_dir, finished=True)
+    cfg, results = run.config, run.results
     num_tasks = int(results["num_tasks"])
-    last = num_tasks - 1
-    t = last if task is None else int(task)
-    if not 0 <= t <= last:
-        raise CheckpointError(f"task {task}: out of range; the run has tasks 0..{last} (0-based)")
+    cil = load_model(run, task, "cpu")
+    t = run.task if task is None else int(task)  # load_model checked the range
     offsets = [int(o) for o in results["task_offsets"]]
-    method_cls = get_method_class(cfg.method.name)
-    uses_lora = method_cls.uses_lora
-    if t < last and method_cls.rewrites_past:
-        raise CheckpointError(
-            f"task {t}: {cfg.method.name} rescales past tasks' LoRA while later tasks train, so the run "
-            f"keeps only the final model (task {last}); the model as after task {t} cannot be rebuilt"
-        )
-
-    # Exactly the engine's construction: seed, then build (the seeded random init is the smoke backbone).
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(task_seed(cfg.seed, -1))
-        cil = build_model(cfg, uses_lora)
-    saved_hash = state.get("backbone_sha256")
-    if saved_hash is not None and backbone_sha256(cil.vit) != saved_hash:
-        raise CheckpointError(
-            f"{run_dir}: the rebuilt backbone {cfg.model.backbone} (model.pretrained={cfg.model.pretrained}) differs "
-            f"from the one the run trained (backbone_sha256 mismatch): another torch/timm version changes a random "
-            f"init, or the pre-trained weights file changed; use the run's environment"
-        )
-
-    for s in range(t + 1):
-        cil.add_task(offsets[s + 1] - offsets[s])
-    weights = {}
-    for key, value in groups["model"].items():
-        if key.startswith("heads."):
-            s = int(key.split(".")[1])
-        elif key.startswith("vit."):
-            s = int(key.rsplit(".", 1)[1])  # vit.blocks.i.attn.qkv.{A,B}.s
-        else:
-            continue
-        if s <= t:
-            weights[key] = value
-    missing, unexpected = cil.load_state_dict(weights, strict=False)
-    bad = [k for k in missing if not k.startswith("vit.") or ".A." in k or ".B." in k] + list(unexpected)
-    if bad:
-        raise CheckpointError(f"{run_dir}: the checkpoint does not match the model rebuilt from config.yaml: {bad[:5]}")
-    if t < last:
-        snaps = groups.get(HEADS_GROUP, {})
-        wk, bk = head_snapshot_keys(t)
-        if wk not in snaps or bk not in snaps:
-            raise CheckpointError(
-                f"{run_dir}: the run kept no head snapshot for task {t} (classifier alignment changed the heads "
-                f"after it, and runs from before per-task snapshots only hold the final heads); only the final "
-                f"model (task {last}) can be loaded"
-            )
-        if snaps[wk].shape[0] != offsets[t + 1] or snaps[bk].shape[0] != offsets[t + 1]:
-            raise CheckpointError(f"{run_dir}: the head snapshot of task {t} does not match the run's classes")
-        cil.heads.load_concatenated(snaps[wk], snaps[bk])
-    cil.fold()
-    cil.eval()
-    from .classifiers import create_classifier
-
-    classifier = create_classifier(cfg, cil.embed_dim, offsets)
-    classifier.load_state_tensors(groups.get("stats", {}))
+    classifier = load_classifier(run, cil.embed_dim, offsets)
     head = None if classifier.uses_heads else classifier.head(cil.heads, t)
-    model = RunModel(cil, t + 1 if uses_lora else 0, head).eval().to(resolve_device(str(device)))
+    uses_lora = method_class(run).uses_lora
+    model = RunModel(cil, lora_tasks(uses_lora, t), head).eval().to(resolve_device(str(device)))
 
     d = cfg.data
-    mean_std = normalization(d.normalize, _backbone_mean_std(cil.vit))
-    _, test_tf = build_transforms(d.image_size, d.train_scale, d.train_ratio, d.hflip, d.resize_ratio, mean_std)
+    mean_std, _, test_tf = run_transforms(cfg, cil.vit)
     return LoadedRun(
         model=model,
         class_names=list(results["class_names"][: offsets[t + 1]]),
@@ -310,16 +219,12 @@ def export_run(run_dir: str | Path, out_file: str | Path, task: int | None = Non
         )
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    try:
+    with atomic_path(out) as tmp:
         save_file(state, str(tmp), metadata={"format": "pt", "producer": f"sr2lora {__version__}"})
-        os.replace(tmp, out)
-        if after:  # what the classifier applies after the timm model's output (the ridge weights)
-            how["file"] = out.with_suffix(".ridge.safetensors").name
+    if after:  # what the classifier applies after the timm model's output (the ridge weights)
+        how["file"] = out.with_suffix(".ridge.safetensors").name
+        with atomic_path(out.with_suffix(".ridge.safetensors")) as tmp:
             save_file(after, str(tmp))
-            os.replace(tmp, out.with_suffix(".ridge.safetensors"))
-    finally:
-        tmp.unlink(missing_ok=True)
 
     import timm
 

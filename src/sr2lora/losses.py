@@ -14,6 +14,8 @@ R = H Hᵀ (layers × layers), always built in fp32 (even under autocast). The o
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 
@@ -47,14 +49,21 @@ def relation_spectrum(h: torch.Tensor, relation_norm: str = "none") -> torch.Ten
         return torch.linalg.eigvalsh(r)
 
 
+def _smooth_l1_to_old(
+    describe: Callable[[torch.Tensor], torch.Tensor], new: torch.Tensor, old: torch.Tensor, beta: float
+) -> torch.Tensor:
+    """smooth-L1(β) between ``describe`` of the new features and of the previous model's (a fixed target)."""
+    target_new = describe(new)
+    with torch.no_grad():
+        target_old = describe(old.detach())
+    return F.smooth_l1_loss(target_new, target_old, beta=beta)
+
+
 def spectral_relation_loss(
     new: torch.Tensor, old: torch.Tensor, relation_norm: str = "none", beta: float = 1.0
 ) -> torch.Tensor:
     """SR²-LoRA: smooth-L1(β) between the sorted eigenvalues of R_new and R_old, mean over batch × layers."""
-    ev_new = relation_spectrum(new, relation_norm)
-    with torch.no_grad():
-        ev_old = relation_spectrum(old.detach(), relation_norm)
-    return F.smooth_l1_loss(ev_new, ev_old, beta=beta)
+    return _smooth_l1_to_old(lambda h: relation_spectrum(h, relation_norm), new, old, beta)
 
 
 def batch_spectral_relation_loss(
@@ -74,10 +83,7 @@ def entrywise_relation_loss(
     new: torch.Tensor, old: torch.Tensor, relation_norm: str = "none", beta: float = 1.0
 ) -> torch.Tensor:
     """``entrywise``: smooth-L1(β) between the entries of R_new and R_old, mean over batch × L × L."""
-    r_new = relation_matrix(new, relation_norm)
-    with torch.no_grad():
-        r_old = relation_matrix(old.detach(), relation_norm)
-    return F.smooth_l1_loss(r_new, r_old, beta=beta)
+    return _smooth_l1_to_old(lambda h: relation_matrix(h, relation_norm), new, old, beta)
 
 
 def feature_distill_loss(new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .errors import DataError, OutputError
+from .errors import ConfigError, DataError, OutputError
 
 if TYPE_CHECKING:
     from .config import RunConfig
@@ -102,8 +102,6 @@ def check_device(cfg: RunConfig) -> None:
     """Raise ConfigError when ``train.device`` names a device this machine does not have."""
     import torch
 
-    from .errors import ConfigError
-
     dev = str(cfg.train.device)
     if dev.startswith("cuda"):
         n = torch.cuda.device_count() if torch.cuda.is_available() else 0
@@ -119,7 +117,6 @@ def check_backbone_kwargs(cfg: RunConfig) -> None:
     """Build the backbone on the meta device (no memory, no weights) so that an unknown ``model.timm_kwargs``
     keyword or an inconsistent value (``num_heads`` not dividing ``embed_dim``) is a ConfigError naming the key,
     not a traceback after the dataset scan."""
-    from .errors import ConfigError
     from .models.backbone import IMGFOCUS_BACKBONE
 
     m = cfg.model

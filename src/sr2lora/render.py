@@ -9,6 +9,9 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
+from .atomic import atomic_path
+from .extras import require
+
 
 def md_table(head: list[str], rows: list[list[str]]) -> str:
     """A Markdown table (``|`` in cells escaped)."""
@@ -26,9 +29,9 @@ def html_table(head: list[str], rows: list[list[str]]) -> str:
 
 
 def pyplot():
-    """matplotlib.pyplot on the file-only Agg backend (no display needed)."""
-    import matplotlib
-
+    """matplotlib.pyplot on the file-only Agg backend (no display needed); without matplotlib a
+    MissingExtraError names the ``report`` extra that installs it."""
+    matplotlib = require("matplotlib", "report", "drawing figures (sr2lora report / analyze)")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -40,6 +43,7 @@ def save_figure(fig, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with atomic_path(path) as tmp:  # the temp name keeps the suffix, from which matplotlib takes the format
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
     return path

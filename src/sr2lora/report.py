@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from .atomic import atomic_write_text
 from .checkpoint import json_safe
 from .config import RUNTIME_KEYS, flatten
 from .render import html_table, md_table, pyplot, save_figure
@@ -474,7 +475,7 @@ def _write_md(doc: dict[str, Any], presets: list[str], figures: list[tuple[str, 
 
     parts += ["", *theory_markdown(doc.get("theory")), "## Figures", ""]
     parts += [f"![{t}]({p.name})\n" for t, p in figures]
-    path.write_text("\n".join(parts) + "\n", encoding="utf-8")
+    atomic_write_text(path, "\n".join(parts) + "\n")
 
 
 def _write_html(doc: dict[str, Any], presets: list[str], figures: list[tuple[str, Path]], path: Path) -> None:
@@ -498,8 +499,8 @@ def _write_html(doc: dict[str, Any], presets: list[str], figures: list[tuple[str
     style = ("body{font-family:sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse;margin:1em 0}"
              "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}td:first-child{text-align:left}"
              "img{max-width:100%}figure{display:inline-block;margin:1em}")
-    path.write_text(f"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>sr2lora report</title>"
-                    f"<style>{style}</style></head><body>{''.join(body)}</body></html>\n", encoding="utf-8")
+    atomic_write_text(path, f"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>sr2lora report</title>"
+                      f"<style>{style}</style></head><body>{''.join(body)}</body></html>\n")
 
 
 def write_report(paths: Iterable[str | Path], out_dir: str | Path) -> list[Path]:

@@ -40,7 +40,7 @@ from .analysis_stats import merge_weyl, weyl_check
 from .losses import batch_spectral_relation_loss, entrywise_relation_loss, spectral_relation_loss
 
 if TYPE_CHECKING:
-    from .engine import Trainer
+    from .analyze import RestoredRun
 
 SCHEMA = "sr2lora.robustness/1"
 LOSSES: dict[str, Callable[..., torch.Tensor]] = {
@@ -210,7 +210,7 @@ def _seed(*parts: int) -> int:
     return int(np.random.default_rng([int(p) for p in parts]).integers(2**62))
 
 
-def run_settings(trainer: Trainer, t: int, opts: RobustnessOptions, features: FeatureFn,
+def run_settings(trainer: RestoredRun, t: int, opts: RobustnessOptions, features: FeatureFn,
                  h_ref: tuple[torch.Tensor, torch.Tensor], ref_idx: np.ndarray, task_idx: np.ndarray) -> list[Setting]:
     """The perturbation settings of a run: augmentation, another batch, feature noise (ε sweep), batch sizes."""
     from .data.scenario import TaskView
@@ -269,6 +269,7 @@ def robustness_run(run_dir: str | Path, opts: RobustnessOptions | None = None,
     """robustness.json's content for a finished run (see the module docstring). Raises ValueError for a run or
     option that cannot be measured (no LoRA, one task only, a task out of range)."""
     from .analyze import restore_run
+    from .evaluation import task_indices
     from .losses import RELATION_NORMS
 
     opts = opts or RobustnessOptions()
@@ -291,7 +292,7 @@ def robustness_run(run_dir: str | Path, opts: RobustnessOptions | None = None,
     beta = float(opts.beta if opts.beta is not None else getattr(method.options, "beta", 1.0))
 
     sc, data = trainer.scenario, trainer.data
-    task_idx = trainer._task_indices(data.train_labels, data.train_index, sc.offsets[t], sc.offsets[t + 1])
+    task_idx = task_indices(data.train_labels, data.train_index, sc.offsets[t], sc.offsets[t + 1])
     b = min(opts.batch_size or cfg.train.batch_size, len(task_idx))
     if b < 2:
         raise ValueError(f"{run_dir}: task {t} has {len(task_idx)} training images; need at least 2")
@@ -443,13 +444,9 @@ def robustness_table(doc: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
 def plot_robustness(doc: dict[str, Any], path: str | Path) -> Path:
     """Relative gradient variance and gradient cosine against the feature-noise size ε, one line per loss; the
     augmentation and other-batch values as horizontal marks."""
-    import matplotlib
+    from .render import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from .render import save_figure
-
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.0))
     noise = [s for s in doc["settings"] if s["perturbation"] == "noise"]
     eps = [s["value"] for s in noise]

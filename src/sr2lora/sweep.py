@@ -10,9 +10,10 @@ any other item is a fixed override applied to every run:
 
 The grid is the cartesian product of the axes (in the order given), times ``--seeds`` (innermost). Each run
 goes to ``OUT/<setting>/seed<S>`` where ``<setting>`` is ``key=value`` of the axes joined by ``__`` (``base``
-without axes). Runs are sequential; a folder with results.json is skipped and one with only a checkpoint is
-resumed, so an interrupted sweep continues where it stopped. At the end ``OUT/report`` is written with
-:mod:`sr2lora.report`.
+without axes). Runs are sequential; a folder with a finished run of the same experiment is skipped and one
+with an unfinished run is resumed (:mod:`sr2lora.run_reuse`), so an interrupted sweep (Ctrl-C, SIGTERM: the
+run in progress stops cleanly at its last complete task) continues where it stopped when the same command is
+given again. At the end ``OUT/report`` is written with :mod:`sr2lora.report`.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from typing import Any
 import yaml
 
 from .config import ConfigError, RunConfig, load_config
+from .run_reuse import folder_state
+from .signals import check_interrupt
 
 
 @dataclass
@@ -40,11 +43,10 @@ class SweepRun:
 
     @property
     def status(self) -> str:
-        if (self.out / "results.json").is_file():
-            return "done"
-        if (self.out / "config.yaml").is_file():
-            return "resume"
-        return "todo"
+        """``done``, ``resume`` or ``todo`` (:func:`sr2lora.run_reuse.folder_state`; a folder holding another
+        experiment is an OutputError naming what differs)."""
+        state = folder_state(self.out, self.cfg, hint="remove it or choose another --out")
+        return {"done": "done", "resumable": "resume", "fresh": "todo"}[state]
 
 
 def split_values(raw: str) -> list[str]:
@@ -173,7 +175,7 @@ def run_sweep(preset: str, items: list[str], out: str | Path, seeds: list[int] |
 
     out = Path(out)
     runs = plan_sweep(preset, items, out, seeds)
-    print(format_plan(preset, runs, out), flush=True)
+    print(format_plan(preset, runs, out), flush=True)  # every folder checked before any run starts
     summary: dict[str, Any] = {"runs": [str(r.out) for r in runs], "failed": [], "report": None}
     if dry_run:
         return summary
@@ -183,13 +185,11 @@ def run_sweep(preset: str, items: list[str], out: str | Path, seeds: list[int] |
         if status == "done":
             print(f"{tag}: finished already, skipped", flush=True)
             continue
+        check_interrupt()  # a stop requested between two runs
         try:
-            if status == "resume":
-                saved = load_config(str(r.out / "config.yaml"))
-                if saved.to_dict() != r.cfg.to_dict():
-                    raise ConfigError(f"{r.out}: holds a run with another config; remove it or choose another --out")
+            if status == "resume":  # the same experiment; runtime keys (device, threads...) as planned now
                 print(f"{tag}: resuming", flush=True)
-                res = Trainer(saved, r.out, progress=progress).run(resume=True)
+                res = Trainer(r.cfg, r.out, progress=progress).run(resume=True)
             else:
                 print(f"{tag}: running", flush=True)
                 res = Trainer(r.cfg, r.out, progress=progress).run()

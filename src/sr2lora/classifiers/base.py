@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, ClassVar
 import torch
 from torch import nn
 
+from ..errors import ConfigError
+
 if TYPE_CHECKING:
     from ..config import RunConfig
     from ..models.heads import TaskHeads
@@ -103,8 +105,6 @@ def resolve_kind(cfg: RunConfig) -> str:
 
 def create_classifier(cfg: RunConfig, dim: int, offsets: Sequence[int]) -> Classifier:
     """The classifier the run's config asks for (``classifier.kind``, or the method's default)."""
-    from ..errors import ConfigError
-
     kind = resolve_kind(cfg)
     if kind not in _CLASSIFIERS:
         raise ConfigError(f"classifier.kind: unknown classifier {kind!r} (choose one of {', '.join(classifier_kinds())})")

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..data.splits import rng_stream_order, stratified_split
 from .base import Classifier, register_classifier
 
 
@@ -41,16 +42,11 @@ class RidgeHead(nn.Module):
 
 
 def holdout_mask(labels: torch.Tensor, fraction: float, seed: Sequence[int]) -> torch.Tensor:
-    """True for the held-out share of each class: round(fraction·n), at least 1 and at most n−1 when n ≥ 2."""
-    rng = np.random.default_rng(list(seed))
-    y = labels.cpu().numpy()
-    mask = np.zeros(len(y), dtype=bool)
-    for c in np.unique(y):
-        idx = np.nonzero(y == c)[0]
-        idx = idx[rng.permutation(len(idx))]
-        n = min(max(int(round(fraction * len(idx))), 1 if len(idx) >= 2 else 0), max(len(idx) - 1, 0))
-        mask[idx[:n]] = True
-    return torch.from_numpy(mask)
+    """True for the held-out share of each class: round(fraction·n), at least 1 and at most n−1 when n ≥ 2
+    (:func:`sr2lora.data.splits.stratified_split` with one random stream seeded by ``seed``)."""
+    held = stratified_split(labels.cpu().numpy(), fraction, rng_stream_order(list(seed)),
+                            field="classifier.val_fraction")
+    return torch.from_numpy(held)
 
 
 @torch.no_grad()

@@ -23,6 +23,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..errors import DataError
+
 WIDE_MODES = ("I", "F")
 
 
@@ -57,8 +59,6 @@ def _bits(im: Image.Image) -> int | None:
 
 def _wide_to_8bit(im: Image.Image, path: str) -> Image.Image:
     """An ``I``/``I;16``/``F`` image scaled to 8-bit grayscale ("L"), or DataError when its range is unknown."""
-    from ..errors import DataError
-
     a = np.asarray(im, dtype=np.float64)
     lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
     if im.mode == "F":
@@ -95,8 +95,6 @@ def to_rgb8(im: Image.Image, path: str | Path = "image") -> Image.Image:
 
 def open_rgb8(path: str | Path) -> Image.Image:
     """Open a regular image file and return it decoded as 8-bit RGB (DataError for a FIFO, device, ...)."""
-    from ..errors import DataError
-
     why = not_regular(path)
     if why is not None:
         raise DataError(f"{path}: {why}, not an image file; remove it from the folder")

@@ -22,19 +22,18 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
-import zlib
 from collections.abc import Callable, Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
 from PIL import Image
 
 from ..cache import cache_dir
 from .base import DataError, DatasetBundle, FileImages
 from .decode import WIDE_MODES, not_regular, to_rgb8
 from .registry import register_dataset
+from .splits import class_keyed_order, stratified_split
 
 if TYPE_CHECKING:
     from ..config import DataConfig
@@ -247,31 +246,6 @@ def readable_class_name(folder: str) -> str:
     return (m.group(1) if m else folder).replace("_", " ")
 
 
-# ----------------------------------------------------------------------------------------------- split
-def stratified_split(
-    per_class: dict[str, list[Path]], test_fraction: float, seed: int
-) -> tuple[dict[str, list[Path]], dict[str, list[Path]]]:
-    """Seeded per-class split of sorted paths into (train, test), each side sorted again.
-
-    Each class puts ``round(n * test_fraction)`` images in test, clamped so that both sides get at least one
-    when n >= 2 (a single image goes to train). The permutation of a class depends only on ``seed`` and the
-    class name (legacy ``RandomState``, stable across numpy versions), so adding a class moves no other image.
-    """
-    if not 0.0 < test_fraction < 1.0:
-        raise DataError(f"data.test_fraction must be in (0, 1), got {test_fraction}")
-    train: dict[str, list[Path]] = {}
-    test: dict[str, list[Path]] = {}
-    for c, paths in per_class.items():
-        n = len(paths)
-        n_test = min(max(int(round(n * test_fraction)), 1), n - 1) if n >= 2 else 0
-        rng = np.random.RandomState([seed & 0xFFFFFFFF, zlib.crc32(c.encode("utf-8"))])
-        order = rng.permutation(n)
-        test_idx = set(order[:n_test].tolist())
-        test[c] = [p for i, p in enumerate(paths) if i in test_idx]
-        train[c] = [p for i, p in enumerate(paths) if i not in test_idx]
-    return train, test
-
-
 # ----------------------------------------------------------------------------------------------- checks
 def check_readable(images: FileImages, decode: bool = False, reasons: dict[str, str] | None = None) -> list[str]:
     """Paths of ``images`` that PIL cannot open and verify (``decode=True`` also decodes every pixel).
@@ -439,10 +413,14 @@ def build_folder(cfg: DataConfig) -> DatasetBundle:
                 "root/<class>/ folders only"
             )
     per_class, skipped = scan_class_folders(root, "folder")
-    train, test = stratified_split(per_class, cfg.test_fraction, cfg.split_seed)
     classes = sorted(per_class)
-    tr, te = _files_for(train, classes), _files_for(test, classes)
-    no_test = [c for c in classes if not test[c]]
+    items = _files_for(per_class, classes)
+    # a class's order depends only on the seed and its name: adding a class moves no other image
+    is_test = stratified_split(items.targets, cfg.test_fraction, class_keyed_order(cfg.split_seed, classes),
+                               field="data.test_fraction")
+    tr = FileImages([p for p, t in zip(items.paths, is_test) if not t], items.targets[~is_test])
+    te = FileImages([p for p, t in zip(items.paths, is_test) if t], items.targets[is_test])
+    no_test = [c for k, c in enumerate(classes) if not (te.targets == k).any()]
     return DatasetBundle(
         train=tr,
         test=te,

@@ -11,7 +11,8 @@ Split, first match wins:
 3. ``imagenet-r_train.yaml`` / ``imagenet-r_test.yaml`` found in ``data.root`` (or the image folder).
 4. The lists in the cache ``<cache_root>/splits/imagenet-r/``, downloaded there on first use (a few MB of text,
    never images) from :data:`SPLIT_SOURCES`. The download has a short timeout and an overall deadline, so
-   without network it fails within seconds with a message naming the options; ``SR2LORA_OFFLINE=1`` skips it.
+   without network it fails within seconds with a message naming the options; offline (``SR2LORA_OFFLINE=1``
+   or ``HF_HUB_OFFLINE=1``, see :mod:`sr2lora.offline`) it is skipped.
 
 The lists are the ones CODA-Prompt sampled once (random.seed(0), 80/20) and InfLoRA, Mammoth and most
 prompt/LoRA continual-learning papers reuse. Format (YAML)::
@@ -42,7 +43,9 @@ import time
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
+from ..atomic import atomic_write_bytes, atomic_write_text
 from ..cache import file_sha256
+from ..offline import is_offline, offline_reason
 from .base import DataError, DatasetBundle, FileImages
 from .folders import (
     PRESPLIT_LAYOUT,
@@ -197,9 +200,7 @@ def _read_sums(path: Path) -> dict[str, str]:
 
 def _write_sums(cache_dir: Path) -> None:
     lines = [f"{file_sha256(cache_dir / n)}  {n}\n" for n in LIST_NAMES]
-    tmp = cache_dir / f".{SUMS_FILE}.tmp{os.getpid()}"
-    tmp.write_text("".join(lines), encoding="utf-8")
-    os.replace(tmp, cache_dir / SUMS_FILE)
+    atomic_write_text(cache_dir / SUMS_FILE, "".join(lines))
 
 
 def cached_split_lists(cache_dir: Path | None = None) -> tuple[Path, Path] | None:
@@ -292,9 +293,7 @@ def fetch_split_lists(
         try:
             cache_dir.mkdir(parents=True, exist_ok=True)
             for fname, blob in zip(LIST_NAMES, blobs):
-                tmp = cache_dir / f".{fname}.tmp{os.getpid()}"
-                tmp.write_bytes(blob)
-                os.replace(tmp, cache_dir / fname)
+                atomic_write_bytes(cache_dir / fname, blob)
             _write_sums(cache_dir)
             stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
             (cache_dir / "SOURCE.txt").write_text(
@@ -376,10 +375,6 @@ def _sentence(text: str) -> str:
     return (text[:1].upper() + text[1:]).rstrip(".") + "."
 
 
-def _offline() -> bool:
-    return os.environ.get("SR2LORA_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
-
-
 @register_dataset("imagenet-r")
 def build_imagenet_r(cfg: DataConfig) -> DatasetBundle:
     """ImageNet-R: split lists (``data.split_file``, beside the data, cached or downloaded) or pre-split folders."""
@@ -414,9 +409,9 @@ def build_imagenet_r(cfg: DataConfig) -> DatasetBundle:
     cached = cached_split_lists(cache_dir)
     if cached:
         return lists_bundle(cached[0], cached[1], image_root, f"ImageNet-R, cached lists in {cache_dir}")
-    if _offline():
+    if is_offline():
         raise DataError(
-            _no_split_message(image_root, cache_dir, "Download skipped (SR2LORA_OFFLINE is set).")
+            _no_split_message(image_root, cache_dir, f"Download skipped (offline: {offline_reason()}).")
         )
     try:
         train_list, test_list, url = fetch_split_lists(cache_dir)

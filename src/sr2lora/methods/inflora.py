@@ -7,9 +7,9 @@ paper writes the branch as A_t B_t with B_t the fixed "dimensionality reduction"
 one — here A is the down-projection, as everywhere in sr2lora):
 
 1. Representation matrix (per adapted layer l): the inputs h of layer l's qkv Linear on the task's training
-   images, all tokens, with the model as it is (branches < t; branch t is still zero), collected with forward
-   pre-hooks under no_grad. We keep its second moment C_t = (1/N) Σ h hᵀ (d × d), as the authors' code does
-   (``cur_matrix``); C_t's eigenvalues are the squared singular values of H_t / √N.
+   images, all tokens, with the model as it is (branches < t; branch t is still zero), collected with
+   ``model.capture_qkv_inputs`` under no_grad. We keep its second moment C_t = (1/N) Σ h hᵀ (d × d), as the
+   authors' code does (``cur_matrix``); C_t's eigenvalues are the squared singular values of H_t / √N.
 2. Design of A_t: with M_t an orthonormal basis of the past tasks' input subspace and Q_t one of its
    orthogonal complement, A_t's rows are the top-r left singular vectors of the projected representation Ĥ_t =
    (I − M_t M_tᵀ) H_t, i.e. the top-r eigenvectors of P C_t P, P = I − M_t M_tᵀ = Q_t Q_tᵀ. We diagonalise
@@ -50,6 +50,7 @@ from typing import ClassVar
 
 import torch
 
+from ..errors import ConfigError
 from .base import Method, TaskContext, register_method
 
 
@@ -60,6 +61,21 @@ class InfLoRAOptions:
     samples: int = 0  # images of the task's train loader per representation matrix (0: all of them)
     a_scale: float = 1 / math.sqrt(3)  # A_t = a_scale × eigenvectors (the authors' code divides by √3)
     energy_power: int = 1  # 1: energy Σσ² of the representation matrix (paper); 2: Σσ⁴ (authors' code)
+
+    def __post_init__(self) -> None:
+        """Options validate themselves, so a config is checked without building the method."""
+        o = self
+        for key in ("eps_start", "eps_end"):
+            if not 0.0 < getattr(o, key) <= 1.0:
+                raise ConfigError(f"method.{key}: expected a number in (0, 1], got {getattr(o, key)}")
+        if o.samples < 0:
+            raise ConfigError(f"method.samples: expected 0 (all images) or a positive count, got {o.samples}")
+        if o.a_scale <= 0:
+            raise ConfigError(f"method.a_scale: must be positive, got {o.a_scale}")
+        if o.energy_power not in (1, 2):
+            raise ConfigError(
+                f"method.energy_power: expected 1 (paper) or 2 (authors' code), got {o.energy_power}"
+            )
 
 
 def orthogonal_complement(basis: torch.Tensor) -> torch.Tensor:
@@ -122,32 +138,27 @@ def representation_matrices(ctx: TaskContext, tasks: int, samples: int = 0) -> l
     sums = [torch.zeros(d, d, dtype=torch.float64) for _ in model.loras]
     count = [0]
 
-    def hook_for(layer: int):
-        def hook(module, args):
-            h = args[0].detach().reshape(-1, d).float()
-            sums[layer].add_((h.T @ h).double().cpu())
-            if layer == 0:
-                count[0] += h.shape[0]
+    def accumulate(layer: int, x: torch.Tensor) -> None:
+        h = x.reshape(-1, d).float()
+        sums[layer].add_((h.T @ h).double().cpu())
+        if layer == 0:
+            count[0] += h.shape[0]
 
-        return hook
-
-    handles = [lora.register_forward_pre_hook(hook_for(i)) for i, lora in enumerate(model.loras)]
     was_training = model.training
     model.eval()
     seen = 0
     try:
-        for x, _, _ in ctx.loader:
-            if samples > 0:
-                x = x[: samples - seen]
-            if len(x) == 0:
-                break
-            model(x.to(ctx.device), tasks=tasks, logits=False)
-            seen += len(x)
-            if samples > 0 and seen >= samples:
-                break
+        with model.capture_qkv_inputs(accumulate):
+            for x, _, _ in ctx.loader:
+                if samples > 0:
+                    x = x[: samples - seen]
+                if len(x) == 0:
+                    break
+                model(x.to(ctx.device), tasks=tasks, logits=False)
+                seen += len(x)
+                if samples > 0 and seen >= samples:
+                    break
     finally:
-        for h in handles:
-            h.remove()
         model.train(was_training)
     return [s / max(count[0], 1) for s in sums]
 
@@ -160,20 +171,6 @@ class InfLoRA(Method):
 
     def __init__(self, options: InfLoRAOptions, weight: float = 1.0) -> None:
         super().__init__(options, weight)
-        from ..errors import ConfigError
-
-        o = options
-        for key in ("eps_start", "eps_end"):
-            if not 0.0 < getattr(o, key) <= 1.0:
-                raise ConfigError(f"method.{key}: expected a number in (0, 1], got {getattr(o, key)}")
-        if o.samples < 0:
-            raise ConfigError(f"method.samples: expected 0 (all images) or a positive count, got {o.samples}")
-        if o.a_scale <= 0:
-            raise ConfigError(f"method.a_scale: must be positive, got {o.a_scale}")
-        if o.energy_power not in (1, 2):
-            raise ConfigError(
-                f"method.energy_power: expected 1 (paper) or 2 (authors' code), got {o.energy_power}"
-            )
         self.bases: list[torch.Tensor] = []  # per layer: orthonormal basis of M (retain False) or of Q (True)
         self.retain: list[bool] = []
         self.added: list[list[int]] = []  # per task: directions added to each layer's memory (diagnostics)
@@ -209,12 +206,11 @@ class InfLoRA(Method):
             self.bases = [torch.zeros(d, 0, dtype=torch.float64) for _ in model.loras]
             self.retain = [False] * len(model.loras)
         covs = representation_matrices(ctx, tasks=t, samples=self.options.samples)
-        with torch.no_grad():
-            for layer, lora in enumerate(model.loras):
-                a = design_down_projection(covs[layer], self.free_basis(layer), lora.rank)
-                a = a * self.options.a_scale
-                lora.A[t].copy_(a.to(lora.A[t].dtype).unsqueeze(0).expand_as(lora.A[t]))
-                lora.A[t].requires_grad_(False)
+        designed = [
+            design_down_projection(covs[layer], self.free_basis(layer), lora.rank) * self.options.a_scale
+            for layer, lora in enumerate(model.loras)
+        ]
+        model.set_down_projection(t, designed, freeze=True)  # one A per layer, shared by every adapted target
 
     def trainable_parameters(self, ctx: TaskContext) -> list[torch.nn.Parameter]:
         t = ctx.task

@@ -8,13 +8,11 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from .base import Method, register_method
+from .base import TrainingFree, register_method
 
 
 @register_method
-class NCM(Method):
+class NCM(TrainingFree):
     name = "ncm"
     summary = "training-free: frozen backbone + cosine nearest class mean (SimpleCIL)"
-    uses_lora: ClassVar[bool] = False
-    trains: ClassVar[bool] = False
     default_classifier: ClassVar[str] = "ncm"

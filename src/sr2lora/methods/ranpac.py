@@ -12,15 +12,13 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from .base import Method, register_method
+from .base import Method, TrainingFree, register_method
 
 
 @register_method
-class RanPAC(Method):
+class RanPAC(TrainingFree):
     name = "ranpac"
     summary = "training-free: frozen backbone + random projection + closed-form ridge head (RanPAC, no adaptation)"
-    uses_lora: ClassVar[bool] = False
-    trains: ClassVar[bool] = False
     default_classifier: ClassVar[str] = "ridge"
 
 

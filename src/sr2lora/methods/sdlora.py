@@ -11,11 +11,12 @@ inference uses the final model (no task selection). §4.1: one set of magnitudes
 
 How it is realised here. The model's LoRA factors always hold the *effective* update E_s = B_s A_s = α_s·D_s
 of each task, so folding, checkpoints, ``sr2lora export/predict`` and every engine path see plain LoRA. While
-task t trains, ``LoRAQKV.scales`` multiplies branch s by γ_s = α_s / α_s⁰, where α is one learnable vector
-(this method's parameter, given to the optimiser) and α_s⁰ its value at the start of the task (so γ = 1: the
-model starts as the previous model) — the direction D_s = E_s/α_s⁰ of a past branch is fixed, only its
-magnitude moves. A forward pre-hook on the model recomputes γ for every forward so gradients reach α. After
-the task, γ is baked into B_s (B_s ← γ_s B_s), ``scales`` is cleared and the weights are re-folded.
+task t trains, the model's branch scales (``model.set_branch_scales``) multiply branch s by γ_s = α_s / α_s⁰,
+where α is one learnable vector (this method's parameter, given to the optimiser) and α_s⁰ its value at the
+start of the task (so γ = 1: the model starts as the previous model) — the direction D_s = E_s/α_s⁰ of a past
+branch is fixed, only its magnitude moves. The scales are a callable that each layer evaluates at each forward,
+so gradients reach α. After the task, γ is baked into B_s (B_s ← γ_s B_s), the scales are cleared and the
+weights are re-folded.
 
 The current task trains as α_t·B_tA_t without normalisation (B_t starts at zero, where Ā_tB_t is undefined),
 as the authors' code does. Its *handover* to a fixed direction happens at the start of task t+1 (the authors'
@@ -63,6 +64,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from ..errors import ConfigError
 from .base import Method, TaskContext, register_method
 
 
@@ -74,6 +76,26 @@ class SDLoRAOptions:
     rr_tasks: list[int] = field(default_factory=list)  # SD-LoRA-RR: 0-based tasks where rank drops ([4, 8])
     rr_ranks: list[int] = field(default_factory=list)  # ... to these ranks ([8, 6] in the paper, rank 10)
     kd_tau: float = 0.0  # SD-LoRA-KD: absorb where the least-squares residual ≤ τ (paper 9e-4); 0: off
+
+    def __post_init__(self) -> None:
+        """Options validate themselves, so a config is checked without building the method."""
+        o = self
+        if o.magnitudes not in ("shared", "layer"):
+            raise ConfigError(f"method.magnitudes: expected shared or layer, got {o.magnitudes!r}")
+        if o.handover not in ("normalize", "keep"):
+            raise ConfigError(f"method.handover: expected normalize or keep, got {o.handover!r}")
+        if not math.isfinite(o.init_magnitude):
+            raise ConfigError(f"method.init_magnitude: expected a finite number, got {o.init_magnitude}")
+        if len(o.rr_tasks) != len(o.rr_ranks):
+            raise ConfigError(
+                f"method.rr_tasks / method.rr_ranks: one rank per step, got {o.rr_tasks} and {o.rr_ranks}"
+            )
+        if any(b <= a for a, b in zip(o.rr_tasks, o.rr_tasks[1:])) or any(t < 0 for t in o.rr_tasks):
+            raise ConfigError(f"method.rr_tasks: expected increasing 0-based task indices, got {o.rr_tasks}")
+        if any(r < 1 for r in o.rr_ranks):
+            raise ConfigError(f"method.rr_ranks: ranks must be at least 1, got {o.rr_ranks}")
+        if o.kd_tau < 0:
+            raise ConfigError(f"method.kd_tau: expected 0 (off) or a positive threshold, got {o.kd_tau}")
 
 
 def task_rank(t: int, rank: int, rr_tasks: list[int], rr_ranks: list[int]) -> int:
@@ -104,25 +126,6 @@ class SDLoRA(Method):
 
     def __init__(self, options: SDLoRAOptions, weight: float = 1.0) -> None:
         super().__init__(options, weight)
-        from ..errors import ConfigError
-
-        o = options
-        if o.magnitudes not in ("shared", "layer"):
-            raise ConfigError(f"method.magnitudes: expected shared or layer, got {o.magnitudes!r}")
-        if o.handover not in ("normalize", "keep"):
-            raise ConfigError(f"method.handover: expected normalize or keep, got {o.handover!r}")
-        if not math.isfinite(o.init_magnitude):
-            raise ConfigError(f"method.init_magnitude: expected a finite number, got {o.init_magnitude}")
-        if len(o.rr_tasks) != len(o.rr_ranks):
-            raise ConfigError(
-                f"method.rr_tasks / method.rr_ranks: one rank per step, got {o.rr_tasks} and {o.rr_ranks}"
-            )
-        if any(b <= a for a, b in zip(o.rr_tasks, o.rr_tasks[1:])) or any(t < 0 for t in o.rr_tasks):
-            raise ConfigError(f"method.rr_tasks: expected increasing 0-based task indices, got {o.rr_tasks}")
-        if any(r < 1 for r in o.rr_ranks):
-            raise ConfigError(f"method.rr_ranks: ranks must be at least 1, got {o.rr_ranks}")
-        if o.kd_tau < 0:
-            raise ConfigError(f"method.kd_tau: expected 0 (off) or a positive threshold, got {o.kd_tau}")
         self.alpha = torch.zeros(0, dtype=torch.float64)  # magnitudes of finished tasks: (T,) or (T, L, K)
         self.handed = 0  # tasks 0..handed−1 have been handed over to fixed directions
         self.absorbed: list[list[list[bool]]] = []  # per task, layer, target: direction absorbed by KD
@@ -160,8 +163,6 @@ class SDLoRA(Method):
         model.fold()
 
     def before_task(self, ctx: TaskContext) -> None:
-        from ..errors import ConfigError
-
         t, model = ctx.task, ctx.model
         self._hand_over(model, t)
         n_layers, n_targets = len(model.loras), len(model.loras[0].targets)
@@ -188,12 +189,7 @@ class SDLoRA(Method):
         device = model.loras[0].base.weight.device
         self.param = nn.Parameter(torch.cat([past, new]).float().to(device))
         self._ref = ref.float().to(device)
-
-        def set_scales(module, args, kwargs):
-            for layer, lora in enumerate(model.loras):
-                lora.scales = self._scales(layer)
-
-        self._handles.append(model.register_forward_pre_hook(set_scales, with_kwargs=True))
+        model.set_branch_scales(self._scales)  # γ of layer l, recomputed from α at every forward
 
     def trainable_parameters(self, ctx: TaskContext) -> list[nn.Parameter]:
         assert self.param is not None
@@ -208,8 +204,8 @@ class SDLoRA(Method):
         assert self.param is not None and self._ref is not None
         alpha = self.param.detach().double().cpu()
         gamma = (self.param.detach() / self._ref).double().cpu()
+        model.clear_branch_scales()
         for layer, lora in enumerate(model.loras):
-            lora.scales = None
             for s in range(t + 1):
                 g = gamma[s, layer] if self._per_layer() else gamma[s].expand(len(lora.targets))
                 lora.B[s].mul_(g.to(lora.B[s].dtype).to(lora.B[s].device).view(-1, 1, 1))

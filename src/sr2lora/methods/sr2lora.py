@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import torch
-
 from ..losses import batch_spectral_relation_loss, spectral_relation_loss
 from .base import LayerRegularizer, register_method
 
@@ -12,17 +10,11 @@ from .base import LayerRegularizer, register_method
 class SR2LoRA(LayerRegularizer):
     name = "sr2lora"
     summary = "smooth-L1 between the eigenvalues of each sample's inter-layer relation, new vs previous model"
-
-    def layer_loss(self, new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
-        o = self.options
-        return spectral_relation_loss(new, old, relation_norm=o.relation_norm, beta=o.beta)
+    relation_loss = staticmethod(spectral_relation_loss)
 
 
 @register_method
 class SpectralBatch(LayerRegularizer):
     name = "spectral-batch"
     summary = "as sr2lora, but on the eigenvalues of the batch-mean relation matrix"
-
-    def layer_loss(self, new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
-        o = self.options
-        return batch_spectral_relation_loss(new, old, relation_norm=o.relation_norm, beta=o.beta)
+    relation_loss = staticmethod(batch_spectral_relation_loss)

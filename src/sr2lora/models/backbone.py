@@ -7,9 +7,8 @@ H(x) of docs/method.md) and the logits of heads 0..n−1 concatenated.
 
 from __future__ import annotations
 
-import os
 import pickle
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ import torch
 from torch import nn
 
 from ..errors import WeightsError
+from ..offline import is_offline, offline_reason
 from .fastpath import block_forward, supports
 from .heads import TaskHeads
 from .lora import LoRAQKV
@@ -83,10 +83,6 @@ def load_weights_file(path: Path) -> dict[str, torch.Tensor]:
     return {(k[7:] if k.startswith("module.") else k): v for k, v in obj.items()}
 
 
-def _hub_offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
-
-
 def create_vit(
     name: str, pretrained: bool | str, img_size: int | None = None, timm_kwargs: dict | None = None
 ) -> nn.Module:
@@ -115,9 +111,10 @@ def create_vit(
                 if isinstance(cfg_dict, dict):
                     cfg_dict.pop("state_dict", None)  # do not keep a second copy of the weights alive
             return vit
-        if pretrained and _hub_offline():
+        if pretrained and is_offline():
             raise WeightsError(
-                f"model.pretrained=true needs {name}'s weights from the Hugging Face hub, but HF_HUB_OFFLINE is set. "
+                f"model.pretrained=true needs {name}'s weights from the Hugging Face hub, but sr2lora is offline "
+                f"({offline_reason()}). "
                 f"Download them elsewhere and pass model.pretrained=/path/to/weights.safetensors (or .npz/.pth)"
             )
         return timm.create_model(name, pretrained=bool(pretrained), num_classes=0, **kwargs)
@@ -184,6 +181,63 @@ class CILModel(nn.Module):
     def set_folding(self, enabled: bool) -> None:
         for lora in self.loras:
             lora.fold_enabled = enabled
+
+    # ---- the parametrisation seam for methods (see models/lora.py); layers are numbered as ``self.loras``
+    def set_branch_scales(self, scales: torch.Tensor | Callable[[int], torch.Tensor]) -> None:
+        """Multiply LoRA branch s by γ_s in every layer until :meth:`clear_branch_scales` (e.g. for one task).
+
+        ``scales``: one tensor for every layer, shape (n,) or (n, n_targets); or a callable ``layer -> tensor``
+        that each layer calls at each of its forwards, so γ can depend on trainable parameters (set it in
+        ``before_task``, clear it in ``after_task``). See :meth:`LoRAQKV.set_branch_scales`.
+        """
+        for i, lora in enumerate(self.loras):
+            lora.set_branch_scales((lambda layer=i: scales(layer)) if callable(scales) else scales)
+
+    def clear_branch_scales(self) -> None:
+        """Remove the scales of :meth:`set_branch_scales` in every layer (the plain, folded model again)."""
+        for lora in self.loras:
+            lora.clear_branch_scales()
+
+    def set_down_projection(self, task: int, matrices: Sequence[torch.Tensor], target: str | None = None,
+                            freeze: bool = False) -> None:
+        """Task ``task``'s down-projection A in every layer: ``matrices[layer]`` (rank × d) for ``target``
+        (None: every adapted target); ``freeze`` excludes it from training. See
+        :meth:`LoRAQKV.set_down_projection`."""
+        if len(matrices) != len(self.loras):
+            raise ValueError(f"expected one down-projection per LoRA layer ({len(self.loras)}), "
+                             f"got {len(matrices)}")
+        for lora, m in zip(self.loras, matrices):
+            lora.set_down_projection(task, m, target, freeze)
+
+    @contextmanager
+    def capture_qkv_inputs(
+        self, on_input: Callable[[int, torch.Tensor], None] | None = None
+    ) -> Iterator[list[list[torch.Tensor]]]:
+        """Within the block, record the input (B, N, d) of every LoRA layer's qkv Linear at each forward.
+
+        Yields one list per layer (``self.loras`` order) of the detached inputs, one per forward. With
+        ``on_input(layer, x)`` the inputs go to the callback instead and nothing is stored (for statistics over a
+        whole loader). Observation only: the model and its outputs are unchanged, and nothing stays registered
+        on the model after the block.
+        """
+        inputs: list[list[torch.Tensor]] = [[] for _ in self.loras]
+
+        def observer(layer: int):
+            def hook(module: nn.Module, args: tuple) -> None:
+                x = args[0].detach()
+                if on_input is None:
+                    inputs[layer].append(x)
+                else:
+                    on_input(layer, x)
+
+            return hook
+
+        handles = [lora.register_forward_pre_hook(observer(i)) for i, lora in enumerate(self.loras)]
+        try:
+            yield inputs
+        finally:
+            for h in handles:
+                h.remove()
 
     def compile_backbone(self, **kwargs) -> None:
         """``torch.compile`` the blocks' forward (``train.compile=true``); ``kwargs`` go to ``torch.compile``.

@@ -11,15 +11,22 @@ from W and the factors, not accumulated, so no drift). A forward with ``active``
 - or, when fewer tasks are active than are folded (analysis of an older model) or folding is disabled,
   the pre-trained W plus every active branch's low-rank path (the reference's way, kept for tests/benchmarks).
 
-``scales`` (None for every method but SD-LoRA, which trains the magnitudes of past tasks): per-task multipliers
-γ_s, shape (n,) or (n, n_targets); while set, forward is W x + Σ_{s<n} γ_s B_s A_s x with every branch unfolded
-(one low-rank product over all active branches), so gradients reach γ. ``fold`` ignores it.
+The seam for methods that change the parametrisation (public; a method should need nothing else):
+- :meth:`LoRAQKV.set_branch_scales` / :meth:`LoRAQKV.clear_branch_scales`: per-task multipliers γ_s, shape (n,)
+  or (n, n_targets), or a callable returning them that the layer calls on every forward (so γ may be computed
+  from a method's trainable parameters and gradients reach them). While set, forward is
+  W x + Σ_{s<n} γ_s B_s A_s x with every branch unfolded (one low-rank product over all active branches);
+  ``fold`` ignores them. SD-LoRA is the user.
+- :meth:`LoRAQKV.set_down_projection` / :meth:`LoRAQKV.down_projection`: task s's A_{s,k} (r × d) for one
+  target or all, without knowing how the factors are stored. InfLoRA is the user.
+The model wrapper (:class:`sr2lora.models.backbone.CILModel`) applies both to every layer and adds
+``capture_qkv_inputs``.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +35,9 @@ from torch import nn
 from .fastpath import linear
 
 TARGET_INDEX = {"q": 0, "k": 1, "v": 2}
+
+# Per-task branch multipliers: a tensor (n,) or (n, n_targets), or a callable returning one on every forward.
+BranchScales = torch.Tensor | Callable[[], torch.Tensor]
 
 
 class LoRAQKV(nn.Module):
@@ -51,7 +61,7 @@ class LoRAQKV(nn.Module):
         self.n_folded = 0
         self.active = 0  # number of task branches used by forward (set through the model)
         self.fold_enabled = True
-        self.scales: torch.Tensor | None = None  # per-task branch multipliers (SD-LoRA); None: plain sum
+        self.scales: BranchScales | None = None  # set through set_branch_scales; None: the plain sum
 
     @property
     def num_tasks(self) -> int:
@@ -67,6 +77,61 @@ class LoRAQKV(nn.Module):
         self.A.append(nn.Parameter(a))
         self.B.append(nn.Parameter(b))
 
+    # ---- the parametrisation seam
+    def set_branch_scales(self, scales: BranchScales) -> None:
+        """Multiply branch s by γ_s in every forward until :meth:`clear_branch_scales`.
+
+        ``scales``: a tensor of shape (n,) (one γ per task) or (n, n_targets) (per task and adapted target, in
+        the order of ``self.targets``) with n ≥ the number of active tasks; or a zero-argument callable
+        returning such a tensor, called at every forward of this layer (return a function of your trainable
+        parameters and gradients reach them). While set, forward uses W and every active branch unfolded,
+        so it is slower than the folded path; ``fold`` and checkpoints ignore the scales. To keep an effect
+        after clearing, bake it into the factors (e.g. scale ``B``) and call ``fold`` again.
+        """
+        self.scales = scales
+
+    def clear_branch_scales(self) -> None:
+        """Back to the plain sum of branches (and the folded fast path). Does not refold: a method that changed
+        the factors while scales were set calls ``fold`` itself."""
+        self.scales = None
+
+    def branch_scales(self) -> torch.Tensor | None:
+        """The multipliers the next forward uses (the callable's value when a callable was set), or None."""
+        s = self.scales
+        return s() if callable(s) else s
+
+    def _target_slots(self, target: str | None) -> list[int]:
+        if target is None:
+            return list(range(len(self.targets)))
+        if target not in self.targets:
+            raise ValueError(f"target {target!r} is not adapted by this layer (adapted: {self.targets})")
+        return [self.targets.index(target)]
+
+    def down_projection(self, task: int, target: str) -> torch.Tensor:
+        """A view (r × d_in) of task ``task``'s down-projection A for ``target`` ('q', 'k' or 'v')."""
+        return self.A[task][self._target_slots(target)[0]]
+
+    @torch.no_grad()
+    def set_down_projection(self, task: int, matrix: torch.Tensor, target: str | None = None,
+                            freeze: bool = False) -> None:
+        """Write ``matrix`` (r × d_in) as task ``task``'s A for ``target`` (None: every adapted target).
+
+        Copied into the existing parameter (cast to its dtype and device), so an optimiser that already holds
+        it keeps working; ``freeze=True`` also stops it from being trained (``requires_grad`` False). The
+        folded weight is not updated: call ``fold`` if the task is already folded.
+        """
+        a = self.A[task]
+        if tuple(matrix.shape) != (self.rank, self.in_features):
+            raise ValueError(
+                f"down-projection of task {task}: expected shape ({self.rank}, {self.in_features}) "
+                f"(rank × input features), got {tuple(matrix.shape)}"
+            )
+        m = matrix.to(a.dtype).to(a.device)
+        for k in self._target_slots(target):
+            a[k].copy_(m)
+        if freeze:
+            a.requires_grad_(False)
+
     def task_delta(self, s: int) -> torch.Tensor:
         """B_s A_s for each target, scattered into a (3·d_out, d_in) matrix (zeros on untargeted rows)."""
         delta = torch.zeros_like(self.base.weight)
@@ -78,7 +143,8 @@ class LoRAQKV(nn.Module):
 
     @torch.no_grad()
     def fold(self, upto: int | None = None) -> None:
-        """Fold branches 0..upto−1 (default: all) into ``folded_weight``, recomputed from W and the factors."""
+        """Fold branches 0..upto−1 (default: all) into ``folded_weight``, recomputed from W and the factors
+        (branch scales are not applied: bake them into the factors first)."""
         upto = self.num_tasks if upto is None else upto
         w = self.base.weight.detach().to(torch.float64).clone()
         for s in range(upto):
@@ -93,10 +159,10 @@ class LoRAQKV(nn.Module):
         z = z.unflatten(-1, (len(self.targets), self.rank))
         return torch.einsum("...kr,kdr->...kd", z, self.B[s].to(x.dtype))
 
-    def _scaled_delta(self, x: torch.Tensor, n: int) -> torch.Tensor:
+    def _scaled_delta(self, x: torch.Tensor, n: int, scales: torch.Tensor) -> torch.Tensor:
         """Σ_{s<n} γ_s B_s A_s x per target, (..., n_targets, d_out): all branches in one low-rank product."""
         k = len(self.targets)
-        coef = self.scales[:n].to(x.dtype).reshape(n, -1).expand(n, k)  # (n, n_targets)
+        coef = scales[:n].to(x.dtype).reshape(n, -1).expand(n, k)  # (n, n_targets)
         a = torch.cat([self.A[s] for s in range(n)], dim=1).to(x.dtype)  # (n_targets, Σr, d_in)
         b = torch.cat([self.B[s].to(x.dtype) * coef[s].view(k, 1, 1) for s in range(n)], dim=2)
         z = F.linear(x, a.reshape(-1, self.in_features)).unflatten(-1, (k, a.shape[1]))
@@ -104,10 +170,11 @@ class LoRAQKV(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n = self.active
-        if self.scales is not None and n > 0:  # trainable per-task magnitudes: W plus every branch, scaled
+        scales = self.branch_scales() if n > 0 else None
+        if scales is not None:  # per-task multipliers (e.g. trainable magnitudes): W plus every branch, scaled
             bias = None if self.base.bias is None else self.base.bias.to(x.dtype)
             y = F.linear(x, self.base.weight.to(x.dtype), bias)
-            return self._add_delta(y, self._scaled_delta(x, n))
+            return self._add_delta(y, self._scaled_delta(x, n, scales))
         if self.fold_enabled and self.n_folded <= n:
             weight, first = self.folded_weight, self.n_folded
         else:
