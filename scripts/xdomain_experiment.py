@@ -111,20 +111,23 @@ def plan(root: Path, stages: list[str], tasks: tuple[int, ...], selected: str | 
     """Every run of the chosen stages and task counts, in the order that answers the question soonest.
 
     The main comparison first, one seed at a time over every task count (so that a partial run already has each
-    task count, then a spread), then the other methods at 10 tasks, the selection, and the selected setting.
+    task count, then a spread), SR²-LoRA with the ridge head right after the first seed (the training-free
+    ridge head is the strongest baseline), then the other methods at 10 tasks, the selection, and the selected
+    setting.
     """
     jobs: list[Job] = []
     order = sorted(tasks, key=lambda t: (t != SELECT_TASKS, t))
     seeds = sorted(SEEDS, key=lambda s: s != SELECT_SEED)
+    others = [Job("others", name, SELECT_TASKS, SELECT_SEED, ov, root / f"{SELECT_TASKS}t" / name / f"seed{SELECT_SEED}")
+              for name, ov in OTHERS.items()] if "others" in stages and SELECT_TASKS in tasks else []
     if "main" in stages:
         for seed in seeds:
             for t in order:
                 for name, ov in MAIN.items():
                     jobs.append(Job("main", name, t, seed, ov, root / f"{t}t" / name / f"seed{seed}"))
-    if "others" in stages and SELECT_TASKS in tasks:
-        for name, ov in OTHERS.items():
-            jobs.append(Job("others", name, SELECT_TASKS, SELECT_SEED, ov,
-                            root / f"{SELECT_TASKS}t" / name / f"seed{SELECT_SEED}"))
+            if seed == SELECT_SEED:  # SR²-LoRA with the ridge head next: is adaptation worth it with a strong head?
+                jobs += [j for j in others if j.config == "sr2lora-ridge"]
+    jobs += [j for j in others if j not in jobs]
     if "select" in stages and SELECT_TASKS in tasks:
         for name, ov in {**GRID, "frozen": ["method.name=frozen"]}.items():
             ov = ov if name == "frozen" else ["method.name=sr2lora", *ov]
