@@ -271,8 +271,11 @@ def statements(table: dict[int, dict[str, dict]], ours: str) -> list[str]:
             grows = all(b > a for a, b in zip(vals, vals[1:]))
             detail = ", ".join(f"{t} tasks {margins[t][0]:+.2f}" + (f" (over `{margins[t][1]}`)" if margins[t][1]
                                                                     else "") for t in ts)
+            sign = ("" if all(v > 0 for v in vals) else
+                    f"; it is negative at every task count, so `{ours}` stays below it" if all(v <= 0 for v in vals)
+                    else "; its sign changes with the number of tasks")
             lines.append(f"- `{ours}`'s A_T margin over {what} {'grows' if grows else 'does not grow'} with the "
-                         f"number of tasks: {detail}.")
+                         f"number of tasks: {detail}{sign}.")
     return lines
 
 
