@@ -251,8 +251,9 @@ def statements(table: dict[int, dict[str, dict]], ours: str) -> list[str]:
                     lines.append(f"- {t} tasks: `{ours}` vs `{base}`: A_T {gain:+.2f} points from one seed; no "
                                  "verdict before the other seeds have run.")
                     continue
-                verdict = "beats" if gain > spread else "does not beat"
-                lines.append(f"- {t} tasks: `{ours}` {verdict} `{base}` by more than the seeds' spread (A_T "
+                verdict = ("beats `{b}` by more than" if gain > spread else "is below `{b}` by more than"
+                           if gain < -spread else "does not beat `{b}` by more than").format(b=base)
+                lines.append(f"- {t} tasks: `{ours}` {verdict} the seeds' spread (A_T "
                              f"{gain:+.2f} points, spread {spread:.2f}; seeds {rows[ours]['seeds']}).")
         if "seqlora" in rows:
             margins_seq[t] = s[0] - rows["seqlora"]["final_acc"][0]
