@@ -7,6 +7,10 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("SR2LORA_OFFLINE", "1")
 
 import json  # noqa: E402
+import signal  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
@@ -23,6 +27,24 @@ def run_cli(*args: str) -> int:
     from sr2lora.cli import main
 
     return main([str(a) for a in args])
+
+
+def sigterm_cli_after(args: list[str], marker: str, env: dict[str, str] | None = None,
+                      wait_s: float = 300) -> tuple[int, str]:
+    """Run ``python -m sr2lora ARGS`` in a subprocess, send SIGTERM once a line of its output contains
+    ``marker`` (or after ``wait_s``), and return (exit code, everything it printed)."""
+    env = dict(os.environ if env is None else env, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([sys.executable, "-m", "sr2lora", *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=env)
+    lines = []
+    deadline = time.time() + wait_s
+    for line in proc.stdout:
+        lines.append(line)
+        if marker in line or time.time() > deadline:
+            break
+    proc.send_signal(signal.SIGTERM)
+    rest, _ = proc.communicate(timeout=120)
+    return proc.returncode, "".join(lines) + rest
 
 
 def read_results(run_dir: Path) -> dict:

@@ -1,14 +1,11 @@
 """`sr2lora demo`: the methods side by side, in parallel single-thread processes or one after another."""
 
-import os
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
-from conftest import read_results, run_cli
+from conftest import read_results, run_cli, sigterm_cli_after
 
 # Two epochs make a task long enough to be interrupted in the middle of the run.
 CFG = ["train.epochs=2", "ca.epochs=1"]
@@ -63,26 +60,17 @@ def test_sigterm_stops_the_children_and_the_demo_continues(tmp_path, reference):
     afterwards resumes the interrupted runs and finishes with the uninterrupted demo's results."""
     out = tmp_path / "demo"
     args = ["--preset", "smoke", "--out", str(out), "--jobs", "2", "--quiet", *METHODS, *CFG]
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen([sys.executable, "-m", "sr2lora", "demo", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env=env)
-    lines = []
-    deadline = time.time() + 300
-    for line in proc.stdout:  # wait until a child has finished its first task (a checkpoint exists)
-        lines.append(line)
-        if "task 1/5" in line or time.time() > deadline:
-            break
-    proc.send_signal(signal.SIGTERM)
-    rest, _ = proc.communicate(timeout=120)
-    assert proc.returncode == 143, "".join(lines) + rest
-    assert "run the same `sr2lora demo` again" in rest
+    # stop once a child has finished its first task (a checkpoint exists)
+    code, output = sigterm_cli_after(["demo", *args], "task 1/5")
+    assert code == 143, output
+    assert "run the same `sr2lora demo` again" in output
     children = subprocess.run(["pgrep", "-f", f"--out {out}/"], capture_output=True, text=True).stdout.split()
     assert children == []
     assert any((out / m / "checkpoint").is_dir() for m in ("sr2lora", "seqlora"))
     assert not (out / "sr2lora" / "results.json").exists()
 
     done = subprocess.run([sys.executable, "-m", "sr2lora", "demo", *args], capture_output=True, text=True,
-                          env=env, timeout=600)
+                          timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "resuming the interrupted run" in done.stdout
     for m in ("sr2lora", "seqlora"):

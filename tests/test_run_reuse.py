@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
-from conftest import read_results, run_cli
+from conftest import read_results, run_cli, sigterm_cli_after
 from sr2lora.config import dump_config, load_config
 from sr2lora.errors import OutputError
 from sr2lora.run_reuse import ExperimentMismatch, folder_state
@@ -90,27 +88,18 @@ def test_run_demo_and_sweep_refuse_another_experiment(tmp_path, capsys):
 @pytest.mark.slow
 def test_sigterm_stops_a_sweep_cleanly_and_the_same_command_resumes(tmp_path):
     out = tmp_path / "sweep"
-    cmd = [sys.executable, "-m", "sr2lora", "sweep", "--preset", "smoke", "--out", str(out), "--no-report", *FAST]
+    args = ["sweep", "--preset", "smoke", "--out", out, "--no-report", *FAST]
     # each checkpoint write pauses 1 s (test hook), so the run is surely still going when the signal comes
-    env = dict(os.environ, PYTHONUNBUFFERED="1", SR2LORA_TEST_PAUSE_IN_CHECKPOINT="1")
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    lines = []
-    deadline = time.time() + 300
-    for line in proc.stdout:  # wait until the first task is checkpointed
-        lines.append(line)
-        if "task 1/" in line or time.time() > deadline:
-            break
-    proc.send_signal(signal.SIGTERM)
-    rest, _ = proc.communicate(timeout=120)
-    assert proc.returncode == 143, "".join(lines) + rest
-    assert "run the same `sr2lora sweep` again" in rest and "Traceback" not in rest
+    code, output = sigterm_cli_after(args, "task 1/", dict(os.environ, SR2LORA_TEST_PAUSE_IN_CHECKPOINT="1"))
+    assert code == 143, output
+    assert "run the same `sr2lora sweep` again" in output and "Traceback" not in output
     run = out / "base" / "seed1993"
     assert (run / "checkpoint").is_dir() and not (run / "results.json").exists()
     assert not (out / ".sr2lora.lock").exists()  # the sweep's lock was released
     state = json.loads((run / "checkpoint" / "state.json").read_text(encoding="utf-8"))
 
-    env.pop("SR2LORA_TEST_PAUSE_IN_CHECKPOINT")
-    done = subprocess.run([*cmd, "--quiet"], capture_output=True, text=True, env=env, timeout=600)
+    done = subprocess.run([sys.executable, "-m", "sr2lora", *map(str, args), "--quiet"], capture_output=True,
+                          text=True, timeout=600)  # the same command, without the checkpoint pause
     assert done.returncode == 0, done.stdout + done.stderr
     assert "resuming" in done.stdout
     got = read_results(run)  # continued after the checkpointed tasks (their rows kept), up to the last task
