@@ -215,10 +215,6 @@ class Trainer:
         self.task_precision: list[str] = []  # per task: a resumed run may have computed elsewhere
         self.callbacks: list[Callback] = []  # set by run(): see _open_logs
 
-    # ------------------------------------------------------------------ data
-    def _task_indices(self, labels: np.ndarray, base: np.ndarray, lo: int, hi: int) -> np.ndarray:
-        return task_indices(labels, base, lo, hi)
-
     # ------------------------------------------------------------------ one task
     def _autocast(self) -> AbstractContextManager:
         return autocast(self.device, self.precision)
@@ -232,7 +228,7 @@ class Trainer:
         """Train task ``t``: the method's hooks around ``train.epochs`` epochs of :meth:`train_epoch`."""
         cfg, tc, model, method = self.cfg, self.cfg.train, self.model, self.method
         lo, hi = self.scenario.offsets[t], self.scenario.offsets[t + 1]
-        idx = self._task_indices(self.data.train_labels, self.data.train_index, lo, hi)
+        idx = task_indices(self.data.train_labels, self.data.train_index, lo, hi)
         view = TaskView(self.data.bundle.train, self.data.train_labels, idx, self.train_tf)
         seed, workers, pin = task_seed(cfg.seed, t, 1), cfg.data.num_workers, self.device.type == "cuda"
         loader, sampler = train_loader(view, tc.batch_size, seed, self.dist, workers, pin)
@@ -330,28 +326,18 @@ class Trainer:
         return check
 
     # ------------------------------------------------------------------ statistics, alignment, evaluation
-    def _over_batches(
-        self, images, labels, indices, desc: str, forward: Callable[[torch.Tensor], torch.Tensor],
-        empty: torch.Tensor,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(``forward(x)`` of every batch, run labels) over ``images[indices]``: :func:`sr2lora.evaluation.over_batches`."""
-        return over_batches(self, images, labels, indices, desc, forward, empty)
-
     def extract(self, images, labels, indices, tasks: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Final features (test transform) and run labels of ``images[indices]`` with ``tasks`` branches."""
-        return self._over_batches(
-            images, labels, indices, "features",
+        return over_batches(
+            self, images, labels, indices, "features",
             lambda x: self.model(x, tasks=tasks, logits=False).feature.float().cpu(),
             torch.zeros(0, self.model.embed_dim),
         )
 
-    def _lora_tasks(self, t: int) -> int:
-        return lora_tasks(self.method.uses_lora, t)
-
     def compute_statistics(self, t: int) -> None:
         lo, hi = self.scenario.offsets[t], self.scenario.offsets[t + 1]
-        idx = self._task_indices(self.data.train_labels, self.data.train_index, lo, hi)
-        feats, ys = self.extract(self.data.bundle.train, self.data.train_labels, idx, self._lora_tasks(t))
+        idx = task_indices(self.data.train_labels, self.data.train_index, lo, hi)
+        feats, ys = self.extract(self.data.bundle.train, self.data.train_labels, idx, lora_tasks(self.method.uses_lora, t))
         bad = (~torch.isfinite(feats).all(dim=1)).nonzero().flatten().tolist()
         if bad:  # training diverged without a non-finite loss (e.g. a single huge step)
             files = [self.data.bundle.train.describe(int(idx[i])) for i in bad[:8]]
