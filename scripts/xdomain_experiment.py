@@ -14,7 +14,8 @@ Stages (each a list of `sr2lora run` calls; folders ``<out>/<T>t/<config>/seed<s
   class's training images; the test split is never looked at): SR²-LoRA over a small grid of
   ``method.relation_norm`` x ``method.weight`` x ``train.schedule`` x classifier, with `frozen` on the same
   split as the reference point. The setting with the best validation A_T is selected.
-- ``selected``: that setting at 5, 10, 20 tasks x the three seeds (needs ``select`` finished).
+- ``selected``: that setting at 5, 10, 20 tasks x the three seeds (needs ``select`` finished). A run whose
+  resolved config equals one of another stage (the reference settings are the main `sr2lora`) is reused.
 
 Runs are `sr2lora run` subprocesses, ``--jobs`` at a time with one thread each (on a 2-core machine two
 single-thread runs finish sooner than one two-thread run). The script resumes where it stopped: a finished run
@@ -136,10 +137,33 @@ def plan(root: Path, stages: list[str], tasks: tuple[int, ...], selected: str | 
     if "selected" in stages and selected is not None:
         for seed in seeds:
             for t in order:
-                name = f"sr2lora-{selected}"
-                jobs.append(Job("selected", name, t, seed, ["method.name=sr2lora", *GRID[selected]],
-                                root / f"{t}t" / name / f"seed{seed}"))
+                name, ov = f"sr2lora-{selected}", ["method.name=sr2lora", *GRID[selected]]
+                out = same_run(root, t, seed, ov) or root / f"{t}t" / name / f"seed{seed}"
+                jobs.append(Job("selected", name, t, seed, ov, out))
     return jobs
+
+
+def same_run(root: Path, tasks: int, seed: int, overrides: list[str]) -> Path | None:
+    """The folder of a main or others run whose resolved config equals this one, if any.
+
+    The selection may pick a setting that another stage already runs (the reference settings are the main
+    stage's `sr2lora`; the reference with a ridge head is `sr2lora-ridge` at 10 tasks, seed 1993): those runs
+    are reused instead of being repeated under a second name.
+    """
+    from sr2lora.config import RUNTIME_KEYS, flatten, load_config
+
+    def resolved(ov: list[str]) -> dict:
+        flat = flatten(load_config(f"xdomain-{tasks}t", [f"seed={seed}", *ov]).to_dict())
+        return {k: v for k, v in flat.items() if k not in RUNTIME_KEYS}
+
+    want = resolved(overrides)
+    candidates = dict(MAIN)
+    if (tasks, seed) == (SELECT_TASKS, SELECT_SEED):
+        candidates.update(OTHERS)
+    for name, ov in candidates.items():
+        if resolved(ov) == want:
+            return root / f"{tasks}t" / name / f"seed{seed}"
+    return None
 
 
 def status(job: Job) -> str:
@@ -223,15 +247,36 @@ def collect(root: Path) -> dict[int, dict[str, dict]]:
         if not folder.is_dir():
             continue
         for cdir in sorted(p for p in folder.iterdir() if p.is_dir()):
-            runs = sorted(cdir.glob("seed*/results.json"))
-            if not runs:
-                continue
-            res = [json.loads(f.read_text()) for f in runs]
-            row = {m: mean_std([r[m] for r in res]) for m in METRICS}
-            row["seeds"] = [int(f.parent.name[4:]) for f in runs]
-            row["seconds"] = statistics.mean(r["seconds"] for r in res)
-            out.setdefault(t, {})[cdir.name] = row
+            row = table_row(sorted(cdir.glob("seed*/results.json")))
+            if row:
+                out.setdefault(t, {})[cdir.name] = row
     return out
+
+
+def table_row(runs: list[Path]) -> dict | None:
+    """{metric: (mean, std), 'seeds': [...], 'seconds': mean} over these results.json files (None if none)."""
+    if not runs:
+        return None
+    res = [json.loads(f.read_text()) for f in runs]
+    row = {m: mean_std([r[m] for r in res]) for m in METRICS}
+    row["seeds"] = [int(f.parent.name[4:]) for f in runs]
+    row["seconds"] = statistics.mean(r["seconds"] for r in res)
+    return row
+
+
+def selected_rows(root: Path, table: dict[int, dict[str, dict]], best: str) -> str:
+    """Put the selected setting's rows into the table (from its own or reused folders); return its label."""
+    jobs = plan(root, ["selected"], TASKS, best)
+    reused = {j.out.parent.name for j in jobs}
+    if len(reused) == 1 and next(iter(reused)) != f"sr2lora-{best}":
+        return next(iter(reused))  # every selected run is another stage's run: that row is the selected one
+    label = f"sr2lora-{best}"
+    for t in TASKS:
+        row = table_row(sorted(j.out / "results.json" for j in jobs
+                               if j.tasks == t and (j.out / "results.json").is_file()))
+        if row:
+            table.setdefault(t, {})[label] = row
+    return label
 
 
 def statements(table: dict[int, dict[str, dict]], ours: str) -> list[str]:
@@ -322,6 +367,7 @@ def summarize(root: Path, docs: Path) -> str:
         "Benchmark `xdomain-<T>t` (see docs/xdomain.md), test split, mean ± std over the finished seeds, in %. "
         f"Runs under `{root}`; written by `scripts/xdomain_experiment.py`.",
     ]
+    chosen = selected_rows(root, table, best) if best else None
     for t in sorted(table):
         lines += ["", f"### {t} tasks", "", "| configuration | seeds | A_T | Ā | forgetting | plasticity | s/run |",
                   "|---|---|---|---|---|---|---|"]
@@ -332,10 +378,12 @@ def summarize(root: Path, docs: Path) -> str:
         lines += ["", f"Selection ({SELECT_TASKS} tasks, seed {SELECT_SEED}, validation = 20% of each class's "
                   "training images, test split unused): " + ", ".join(f"`{k}` {v:.2f}" for k, v in val.items())
                   + (f" → `{best}` ({' '.join(GRID[best])})" if best else " (not finished)")
-                  + (f"; `frozen` on the same split: {frozen_val:.2f}." if frozen_val is not None else ".")]
+                  + (f"; `frozen` on the same split: {frozen_val:.2f}." if frozen_val is not None else ".")
+                  + (f" Its resolved config is `{chosen}`'s, so the `{chosen}` rows above are the selected setting's "
+                     "runs." if chosen and chosen != f"sr2lora-{best}" else "")]
     answers = statements(table, "sr2lora")
-    if best:
-        answers += statements(table, f"sr2lora-{best}")
+    if chosen and chosen != "sr2lora":
+        answers += statements(table, chosen)
     if answers:
         lines += ["", "Answers (from the finished runs):", *answers]
     docs.mkdir(parents=True, exist_ok=True)
@@ -347,7 +395,8 @@ def summarize(root: Path, docs: Path) -> str:
     summary = {
         "root": str(root),
         "table": {str(t): rows for t, rows in table.items()},
-        "selection": {"validation_final_acc": val, "selected": best, "frozen_validation_final_acc": frozen_val,
+        "selection": {"validation_final_acc": val, "selected": best, "selected_rows": chosen,
+                      "frozen_validation_final_acc": frozen_val,
                       "grid": GRID},
     }
     (docs / "xdomain_experiment.json").write_text(json.dumps(summary, indent=2))
