@@ -174,16 +174,28 @@ def status(job: Job) -> str:
     return "started" if job.out.exists() else "todo"
 
 
+# Keys that only the ridge head reads: a run with another classifier never looks at them.
+RIDGE_ONLY = ("classifier.rp_dim", "classifier.lambdas", "classifier.val_fraction", "classifier.seed")
+
+
 def config_mismatch(job: Job, precision: str) -> list[str]:
-    """Keys where a finished run's config.yaml differs from the planned one (runtime keys ignored)."""
+    """Keys where a finished run's config.yaml differs from the planned one.
+
+    Runtime keys are ignored, and so are the ridge head's keys when neither config uses the ridge head: the
+    first seed-1993 runs were made before the presets fixed ``classifier.rp_dim`` at 2000, and a linear head
+    never reads it.
+    """
+    from sr2lora.classifiers.base import resolve_kind
     from sr2lora.config import RUNTIME_KEYS, flatten, load_config
 
     saved_file = job.out / "config.yaml"
     if not saved_file.is_file():
         return ["config.yaml missing"]
-    want = flatten(load_config(job.preset, job.all_overrides(precision)).to_dict())
-    have = flatten(load_config(str(saved_file)).to_dict())
+    want_cfg, have_cfg = load_config(job.preset, job.all_overrides(precision)), load_config(str(saved_file))
+    want, have = flatten(want_cfg.to_dict()), flatten(have_cfg.to_dict())
     ignore = set(RUNTIME_KEYS) | {"preset", "description", "base"}
+    if "ridge" not in (resolve_kind(want_cfg), resolve_kind(have_cfg)):
+        ignore |= set(RIDGE_ONLY)
     return sorted(k for k in set(want) | set(have) if k not in ignore and want.get(k) != have.get(k))
 
 

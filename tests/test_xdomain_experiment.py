@@ -83,3 +83,24 @@ def test_selected_rows_label_the_reused_runs(xp, tmp_path):
     row = table[xp.SELECT_TASKS][label]
     assert label == "sr2lora-none-w1-ref-ridge" and sorted(row["seeds"]) == sorted([0, xp.SELECT_SEED])
     assert row["final_acc"][0] == pytest.approx(69.0, abs=1e-9)
+
+
+def _saved_run(folder: Path, preset: str, overrides: list[str]) -> None:
+    import yaml
+
+    from sr2lora.config import load_config
+
+    folder.mkdir(parents=True)
+    (folder / "config.yaml").write_text(yaml.safe_dump(load_config(preset, overrides).to_dict()))
+
+
+def test_config_check_ignores_ridge_keys_only_where_no_ridge_head_reads_them(xp, tmp_path):
+    linear = xp.Job("main", "sr2lora", 10, 1993, ["method.name=sr2lora"], tmp_path / "linear")
+    _saved_run(linear.out, linear.preset, [*linear.all_overrides("fp32"), "classifier.rp_dim=10000"])
+    assert xp.config_mismatch(linear, "fp32") == []
+    ridge = xp.Job("main", "ranpac", 10, 1993, ["method.name=ranpac"], tmp_path / "ridge")
+    _saved_run(ridge.out, ridge.preset, [*ridge.all_overrides("fp32"), "classifier.rp_dim=10000"])
+    assert xp.config_mismatch(ridge, "fp32") == ["classifier.rp_dim"]
+    other = xp.Job("main", "sr2lora", 10, 1993, ["method.name=sr2lora"], tmp_path / "other")
+    _saved_run(other.out, other.preset, [*other.all_overrides("fp32"), "method.weight=0.5"])
+    assert xp.config_mismatch(other, "fp32") == ["method.weight"]
