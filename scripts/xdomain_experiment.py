@@ -319,7 +319,8 @@ def statements(table: dict[int, dict[str, dict]], ours: str) -> list[str]:
             best = max(free, key=lambda b: rows[b]["final_acc"][0])
             margins_free[t] = (s[0] - rows[best]["final_acc"][0], best)
         if "joint" in rows:
-            lines.append(f"- {t} tasks: `{ours}` is {rows['joint']['final_acc'][0] - s[0]:.2f} points below "
+            gap = s[0] - rows["joint"]["final_acc"][0]
+            lines.append(f"- {t} tasks: `{ours}` is {abs(gap):.2f} points {'above' if gap > 0 else 'below'} "
                          f"`joint` (A_T {s[0]:.2f} vs {rows['joint']['final_acc'][0]:.2f}).")
     for what, margins in (("`seqlora`", {t: (m, None) for t, m in margins_seq.items()}),
                           ("the best training-free baseline", margins_free)):
