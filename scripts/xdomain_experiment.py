@@ -271,7 +271,7 @@ def table_row(runs: list[Path]) -> dict | None:
         return None
     res = [json.loads(f.read_text()) for f in runs]
     row = {m: mean_std([r[m] for r in res]) for m in METRICS}
-    row["seeds"] = [int(f.parent.name[4:]) for f in runs]
+    row["seeds"] = sorted(int(f.parent.name[4:]) for f in runs)
     row["seconds"] = statistics.mean(r["seconds"] for r in res)
     return row
 
