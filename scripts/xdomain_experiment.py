@@ -150,11 +150,10 @@ def same_run(root: Path, tasks: int, seed: int, overrides: list[str]) -> Path | 
     stage's `sr2lora`; the reference with a ridge head is `sr2lora-ridge` at 10 tasks, seed 1993): those runs
     are reused instead of being repeated under a second name.
     """
-    from sr2lora.config import RUNTIME_KEYS, flatten, load_config
+    from sr2lora.config import experiment_dict, load_config
 
     def resolved(ov: list[str]) -> dict:
-        flat = flatten(load_config(f"xdomain-{tasks}t", [f"seed={seed}", *ov]).to_dict())
-        return {k: v for k, v in flat.items() if k not in RUNTIME_KEYS}
+        return experiment_dict(load_config(f"xdomain-{tasks}t", [f"seed={seed}", *ov]))
 
     want = resolved(overrides)
     candidates = dict(MAIN)
@@ -186,17 +185,17 @@ def config_mismatch(job: Job, precision: str) -> list[str]:
     never reads it.
     """
     from sr2lora.classifiers.base import resolve_kind
-    from sr2lora.config import RUNTIME_KEYS, flatten, load_config
+    from sr2lora.config import load_config
+    from sr2lora.run_reuse import experiment_changes
 
     saved_file = job.out / "config.yaml"
     if not saved_file.is_file():
         return ["config.yaml missing"]
-    want_cfg, have_cfg = load_config(job.preset, job.all_overrides(precision)), load_config(str(saved_file))
-    want, have = flatten(want_cfg.to_dict()), flatten(have_cfg.to_dict())
-    ignore = set(RUNTIME_KEYS) | {"preset", "description", "base"}
-    if "ridge" not in (resolve_kind(want_cfg), resolve_kind(have_cfg)):
+    want, have = load_config(job.preset, job.all_overrides(precision)), load_config(str(saved_file))
+    ignore = {"preset", "description", "base"}
+    if "ridge" not in (resolve_kind(want), resolve_kind(have)):
         ignore |= set(RIDGE_ONLY)
-    return sorted(k for k in set(want) | set(have) if k not in ignore and want.get(k) != have.get(k))
+    return [k for k in experiment_changes(have, want) if k not in ignore]
 
 
 def run_one(job: Job, precision: str) -> dict:
