@@ -30,9 +30,9 @@ def run_cli(*args: str) -> int:
 
 
 def sigterm_cli_after(args: list[str], marker: str, env: dict[str, str] | None = None,
-                      wait_s: float = 300) -> tuple[int, str]:
+                      wait_s: float = 300) -> tuple[int, str, str]:
     """Run ``python -m sr2lora ARGS`` in a subprocess, send SIGTERM once a line of its output contains
-    ``marker`` (or after ``wait_s``), and return (exit code, everything it printed)."""
+    ``marker`` (or after ``wait_s``), and return (exit code, what it printed before, what it printed after)."""
     env = dict(os.environ if env is None else env, PYTHONUNBUFFERED="1")
     proc = subprocess.Popen([sys.executable, "-m", "sr2lora", *map(str, args)], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, env=env)
@@ -44,7 +44,7 @@ def sigterm_cli_after(args: list[str], marker: str, env: dict[str, str] | None =
             break
     proc.send_signal(signal.SIGTERM)
     rest, _ = proc.communicate(timeout=120)
-    return proc.returncode, "".join(lines) + rest
+    return proc.returncode, "".join(lines), rest
 
 
 def read_results(run_dir: Path) -> dict:

@@ -61,9 +61,9 @@ def test_sigterm_stops_the_children_and_the_demo_continues(tmp_path, reference):
     out = tmp_path / "demo"
     args = ["--preset", "smoke", "--out", str(out), "--jobs", "2", "--quiet", *METHODS, *CFG]
     # stop once a child has finished its first task (a checkpoint exists)
-    code, output = sigterm_cli_after(["demo", *args], "task 1/5")
-    assert code == 143, output
-    assert "run the same `sr2lora demo` again" in output
+    code, before, after = sigterm_cli_after(["demo", *args], "task 1/5")
+    assert code == 143, before + after
+    assert "run the same `sr2lora demo` again" in after
     children = subprocess.run(["pgrep", "-f", f"--out {out}/"], capture_output=True, text=True).stdout.split()
     assert children == []
     assert any((out / m / "checkpoint").is_dir() for m in ("sr2lora", "seqlora"))

@@ -90,9 +90,9 @@ def test_sigterm_stops_a_sweep_cleanly_and_the_same_command_resumes(tmp_path):
     out = tmp_path / "sweep"
     args = ["sweep", "--preset", "smoke", "--out", out, "--no-report", *FAST]
     # each checkpoint write pauses 1 s (test hook), so the run is surely still going when the signal comes
-    code, output = sigterm_cli_after(args, "task 1/", dict(os.environ, SR2LORA_TEST_PAUSE_IN_CHECKPOINT="1"))
-    assert code == 143, output
-    assert "run the same `sr2lora sweep` again" in output and "Traceback" not in output
+    code, before, after = sigterm_cli_after(args, "task 1/", dict(os.environ, SR2LORA_TEST_PAUSE_IN_CHECKPOINT="1"))
+    assert code == 143, before + after
+    assert "run the same `sr2lora sweep` again" in after and "Traceback" not in before + after
     run = out / "base" / "seed1993"
     assert (run / "checkpoint").is_dir() and not (run / "results.json").exists()
     assert not (out / ".sr2lora.lock").exists()  # the sweep's lock was released
