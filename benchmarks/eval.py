@@ -10,6 +10,9 @@ interleaved, median images/s (no autograd, eval mode):
 - ``plain-timm``: ``timm.create_model`` of the same architecture with the folded qkv weights loaded, its own
   forward (pooled [CLS] feature) and one linear head over all classes: the floor of an unadapted backbone.
 - ``unfolded``: every forward sums all task branches (``set_folding(False)``), the reference's way.
+- ``folded-bf16``: ``folded`` under bf16 autocast: what evaluating in a bf16 run's training precision would run
+  instead of sr2lora's float32 evaluation (``sr2lora.hardware.EVAL_PRECISION``); its images/s against
+  ``folded`` is what that policy costs per image, its logit difference what it buys in exactness.
 
     python benchmarks/eval.py --backbone imgfocus --img-size 112 --batch 64
     python benchmarks/eval.py --quick     # micro ViT (make bench)
@@ -102,8 +105,12 @@ def main(argv: list[str] | None = None) -> dict:
         finally:
             model.set_folding(True)
 
+    def folded_bf16() -> torch.Tensor:
+        with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16):
+            return model(x).logits.float()
+
     variants = {"folded": folded, "folded-timm-ops": folded_timm_ops, "plain-timm": plain_timm,
-                "unfolded": unfolded}
+                "unfolded": unfolded, "folded-bf16": folded_bf16}
     times: dict[str, list[float]] = {k: [] for k in variants}
     with torch.inference_mode():
         ref = plain_timm()

@@ -49,3 +49,28 @@ def sigterm_cli_after(args: list[str], marker: str, env: dict[str, str] | None =
 
 def read_results(run_dir: Path) -> dict:
     return json.loads((Path(run_dir) / "results.json").read_text())
+
+
+# The short smoke run every test that needs a finished run shares: one epoch per task, two alignment epochs.
+FAST = ("train.epochs=1", "ca.epochs=2")
+# Both training precisions, forced: no test may depend on which one `train.precision=auto` picks on its machine.
+PRECISIONS = ("fp32", "bf16")
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory):
+    """``smoke_run(*overrides, precision="fp32")`` -> (run folder, results): a finished smoke-preset run with
+    :data:`FAST` and ``overrides``, trained once per test session (through the CLI) and shared by every test
+    that asks for the same overrides. Treat the folder as read-only; copy it to change it."""
+    cache: dict[tuple[str, ...], tuple[Path, dict]] = {}
+
+    def get(*overrides: str, precision: str = "fp32") -> tuple[Path, dict]:
+        key = (*FAST, *overrides, f"train.precision={precision}")
+        if key not in cache:
+            name = "-".join(o.split("=", 1)[-1] for o in overrides)[:60] or "base"
+            out = tmp_path_factory.mktemp(f"smoke-{name}-{precision}") / "run"
+            assert run_cli("run", "--preset", "smoke", "--quiet", "--out", out, *key) == 0
+            cache[key] = out, read_results(out)
+        return cache[key]
+
+    return get

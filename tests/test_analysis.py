@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import run_cli
+from conftest import FAST, PRECISIONS, run_cli
 from sr2lora.analysis import MEASURES, held_out_sample
 from sr2lora.analyze import analyze_run
 from sr2lora.config import ConfigError, load_config
@@ -16,16 +16,27 @@ from sr2lora.methods import create_method, select_layers
 from sr2lora.methods.base import TaskContext
 from sr2lora.models.backbone import ForwardOut
 
-FAST = ["train.epochs=1", "ca.epochs=2"]
-
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory) -> tuple[Path, dict]:
-    """A smoke run with the in-training analysis on (20 items per task); returns (folder, its drift.json)."""
-    out = tmp_path_factory.mktemp("drift") / "run"
-    assert run_cli("run", "--preset", "smoke", "--quiet", "--out", out, "analysis.enabled=true",
-                   "analysis.samples_per_task=20", *FAST) == 0
-    return out, json.loads((out / "drift.json").read_text())
+def drift_runs(tmp_path_factory):
+    """``drift_runs(precision)``: a smoke run with the in-training analysis on (20 items per task), trained in that
+    precision; returns (folder, its drift.json)."""
+    cache: dict[str, tuple[Path, dict]] = {}
+
+    def get(precision: str) -> tuple[Path, dict]:
+        if precision not in cache:
+            out = tmp_path_factory.mktemp(f"drift-{precision}") / "run"
+            assert run_cli("run", "--preset", "smoke", "--quiet", "--out", out, "analysis.enabled=true",
+                           "analysis.samples_per_task=20", f"train.precision={precision}", *FAST) == 0
+            cache[precision] = out, json.loads((out / "drift.json").read_text())
+        return cache[precision]
+
+    return get
+
+
+@pytest.fixture
+def run_dir(drift_runs) -> tuple[Path, dict]:
+    return drift_runs("fp32")
 
 
 def _test_labels(run: Path) -> np.ndarray:
@@ -89,8 +100,11 @@ def test_analyze_writes_drift(run_dir, tmp_path, capsys):
     assert cfg.analysis.enabled
 
 
-def test_training_drift_equals_offline(run_dir):
-    run, during = run_dir
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_training_drift_equals_offline(drift_runs, precision):
+    """Trained in either precision, the drift measured during training (float32, as every evaluation) is the one
+    measured offline from the checkpoint."""
+    run, during = drift_runs(precision)
     assert during["source"] == "training" and during["samples_per_task"] == 20
     _check_doc(during, _test_labels(run), 20)
     offline = analyze_run(run, samples_per_task=20, seed=0, device="cpu")

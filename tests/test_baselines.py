@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import read_results, run_cli
+from conftest import FAST, PRECISIONS, read_results, run_cli
 from sr2lora import load_run
 from sr2lora.checkpoint import CheckpointError
 from sr2lora.config import load_config
@@ -25,22 +25,16 @@ from sr2lora.methods.sdlora import SDLoRA, SDLoRAOptions, fit_directions, task_r
 from sr2lora.models.lora import LoRAQKV
 from sr2lora.signals import Interrupted
 
-SMOKE = ["train.epochs=1", "ca.epochs=2"]
+SMOKE = [*FAST, "train.precision=fp32"]  # as the shared runs of smoke_runs
 ACC_KEYS = ["accuracy_matrix", "acc_curve", "final_acc", "avg_acc", "class_order", "task_test_counts"]
 
 
-@pytest.fixture(scope="module")
-def smoke_runs(tmp_path_factory) -> dict:
-    """One uninterrupted smoke run per method (CLI), shared by the acceptance and the resume tests."""
-    cache: dict = {}
+@pytest.fixture
+def smoke_runs(smoke_run):
+    """The shared uninterrupted smoke run of a method (fp32 training unless asked otherwise)."""
 
-    def get(method: str) -> tuple[Path, dict]:
-        if method not in cache:
-            out = tmp_path_factory.mktemp(method) / "run"
-            args = ["--preset", "smoke", "--out", out, "--quiet", *SMOKE, f"method.name={method}"]
-            assert run_cli("run", *args) == 0
-            cache[method] = out, read_results(out)
-        return cache[method]
+    def get(method: str, precision: str = "fp32") -> tuple[Path, dict]:
+        return smoke_run(f"method.name={method}", precision=precision)
 
     return get
 
@@ -109,10 +103,11 @@ def test_resume_is_exact(smoke_runs, tmp_path, monkeypatch, method):
 
 
 @pytest.mark.parametrize("method", ["inflora", "sdlora", "joint"])
-def test_final_model_reloads_with_the_reported_accuracy(smoke_runs, method):
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_final_model_reloads_with_the_reported_accuracy(smoke_runs, method, precision):
     """Past tasks live in the LoRA factors (SD-LoRA bakes its magnitudes into B), so `load_run`/`export`
     see the final model; SD-LoRA refuses an earlier task's model, which its checkpoint no longer holds."""
-    out, res = smoke_runs(method)
+    out, res = smoke_runs(method, precision)
     run = load_run(out)
     data = prepare_data(run.config)
     x = torch.stack([run.transform(data.eval_images.load(i)) for i in range(len(data.eval_labels))])

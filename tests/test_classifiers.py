@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from conftest import read_results, run_cli
+from conftest import FAST, PRECISIONS, read_results, run_cli
 from sr2lora import export_run, load_run
 from sr2lora.alignment import ClassGaussians, align_classifier
 from sr2lora.classifiers import create_classifier
@@ -31,7 +31,7 @@ from sr2lora.signals import Interrupted
 F64 = torch.float64
 SOLVE_RTOL = 1e-9  # float64 ridge solutions: incremental vs one-shot (measured ~1e-13)
 WEIGHT_RTOL = 1e-5  # the float32 copy that predicts vs the float64 solution
-SMOKE = ["train.epochs=1", "ca.epochs=2"]
+SMOKE = list(FAST)
 ACC_KEYS = ["accuracy_matrix", "acc_curve", "final_acc", "avg_acc", "class_order", "task_test_counts"]
 
 
@@ -229,17 +229,12 @@ CASES = {  # name: overrides
 REFERENCE = {"seqlora": ["method.name=seqlora"]}  # the same method with its default classifier (ca)
 
 
-@pytest.fixture(scope="module")
-def smoke_runs(tmp_path_factory):
-    cache: dict = {}
+@pytest.fixture
+def smoke_runs(smoke_run):
+    """The shared smoke run of a case (fp32 training unless asked otherwise)."""
 
-    def get(case: str):
-        if case not in cache:
-            out = tmp_path_factory.mktemp(case) / "run"
-            overrides = {**CASES, **REFERENCE}[case]
-            assert run_cli("run", "--preset", "smoke", "--out", out, "--quiet", *SMOKE, *overrides) == 0
-            cache[case] = (out, read_results(out))
-        return cache[case]
+    def get(case: str, precision: str = "fp32"):
+        return smoke_run(*{**CASES, **REFERENCE}[case], precision=precision)
 
     return get
 
@@ -250,9 +245,10 @@ def eval_batch(run):
     return x, data.eval_labels
 
 
+@pytest.mark.parametrize("precision", PRECISIONS)
 @pytest.mark.parametrize("case", list(CASES))
-def test_classifier_run_resume_predict_export(smoke_runs, tmp_path, monkeypatch, case):
-    out, res = smoke_runs(case)
+def test_classifier_run_resume_predict_export(smoke_runs, tmp_path, monkeypatch, case, precision):
+    out, res = smoke_runs(case, precision)
     kind = "ncm" if case.endswith("ncm") else "ridge"
     assert res["classifier"]["kind"] == kind
     if kind == "ridge":
@@ -268,7 +264,8 @@ def test_classifier_run_resume_predict_export(smoke_runs, tmp_path, monkeypatch,
 
     resumed = tmp_path / "resumed"
     monkeypatch.setattr(Trainer, "save", save_then_stop)
-    assert run_cli("run", "--preset", "smoke", "--out", resumed, "--quiet", *SMOKE, *CASES[case]) != 0
+    assert run_cli("run", "--preset", "smoke", "--out", resumed, "--quiet", *SMOKE, *CASES[case],
+                   f"train.precision={precision}") != 0
     monkeypatch.setattr(Trainer, "save", save)
     assert run_cli("run", "--resume", resumed, "--quiet") == 0
     again = read_results(resumed)

@@ -11,19 +11,17 @@ from PIL import Image
 from safetensors.torch import load_file
 from torchvision import transforms as T
 
-from conftest import read_results, run_cli
+from conftest import PRECISIONS, read_results, run_cli
 from sr2lora.checkpoint import CheckpointError
 from sr2lora.engine import prepare_data
 
-FAST = ["train.epochs=1", "ca.epochs=2"]
 LOGIT_TOL = 1e-4  # exported timm model vs load_run model, abs (measured ~6e-6 on logits of magnitude ~20)
 
 
-@pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("export") / "run"
-    assert run_cli("run", "--preset", "smoke", "--quiet", "--out", out, *FAST) == 0
-    return out
+@pytest.fixture
+def base_run(smoke_run):
+    """The shared smoke run (fp32 training) of the tests that only need some finished run."""
+    return smoke_run()[0]
 
 
 def transform_from_spec(spec: dict) -> T.Compose:
@@ -44,10 +42,14 @@ def timm_from_sidecar(weights, side: dict) -> torch.nn.Module:
     return timm.create_model(side["timm_model"], **load, **side["timm_kwargs"]).eval()
 
 
-def test_export_equals_run_and_reported_accuracy(smoke_run, tmp_path):
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_export_equals_run_and_reported_accuracy(smoke_run, tmp_path, precision):
+    """Trained in either precision, the exported and the reloaded model (both float32, as the run's evaluation)
+    give the reported accuracy."""
     from sr2lora import export_run, load_run
 
-    results = read_results(smoke_run)
+    smoke_run, results = smoke_run(precision=precision)
+    assert results["precision"] == precision and results["eval_precision"] == "fp32"
     weights = export_run(smoke_run, tmp_path / "model.safetensors")
     side = json.loads((tmp_path / "model.json").read_text())
     C = len(results["class_names"])
@@ -88,11 +90,11 @@ def test_export_equals_run_and_reported_accuracy(smoke_run, tmp_path):
         )
 
 
-def test_predict_cli_reports_bad_files(smoke_run, tmp_path, capsys):
+def test_predict_cli_reports_bad_files(base_run, tmp_path, capsys):
     from sr2lora import load_run
 
-    results = read_results(smoke_run)
-    run = load_run(smoke_run)
+    results = read_results(base_run)
+    run = load_run(base_run)
     data = prepare_data(run.config)
     folder = tmp_path / "images"
     (folder / "sub").mkdir(parents=True)
@@ -102,7 +104,7 @@ def test_predict_cli_reports_bad_files(smoke_run, tmp_path, capsys):
     notes = folder / "notes.txt"
     notes.write_text("not an image")
 
-    assert run_cli("predict", "--run", smoke_run, folder, notes, "--top-k", "3", "--quiet") == 0
+    assert run_cli("predict", "--run", base_run, folder, notes, "--top-k", "3", "--quiet") == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 8  # 6 images + corrupt.png (found in the folder) + notes.txt (named explicitly)
     bad = [ln for ln in lines if ": error: " in ln]
@@ -111,7 +113,7 @@ def test_predict_cli_reports_bad_files(smoke_run, tmp_path, capsys):
     assert all(ln.count("%)") == 3 for ln in good)
     assert any(name in good[0] for name in results["class_names"])
 
-    assert run_cli("predict", "--run", smoke_run, folder, notes, "--json", "--top-k", "2", "--quiet") == 0
+    assert run_cli("predict", "--run", base_run, folder, notes, "--json", "--top-k", "2", "--quiet") == 0
     entries = json.loads(capsys.readouterr().out)
     assert isinstance(entries, list) and len(entries) == 8
     by_file = {e["file"]: e for e in entries}
@@ -126,17 +128,17 @@ def test_predict_cli_reports_bad_files(smoke_run, tmp_path, capsys):
         assert e["predictions"][0]["label"] == top and e["predictions"][0]["name"] == results["class_names"][top]
 
     # --task: only the classes learned up to that task
-    assert run_cli("predict", "--run", smoke_run, folder / "sub", "--json", "--task", "0", "--quiet") == 0
+    assert run_cli("predict", "--run", base_run, folder / "sub", "--json", "--task", "0", "--quiet") == 0
     first = results["class_names"][: results["task_offsets"][1]]
     entries = json.loads(capsys.readouterr().out)
     assert all(p["name"] in first for e in entries for p in e["predictions"])
 
 
-def test_export_file_sidecar_and_errors(smoke_run, tmp_path, capsys):
+def test_export_file_sidecar_and_errors(base_run, tmp_path, capsys):
     from sr2lora import load_run
 
     out = tmp_path / "exp" / "m.safetensors"
-    assert run_cli("export", "--run", smoke_run, "--out", out) == 0
+    assert run_cli("export", "--run", base_run, "--out", out) == 0
     assert str(out) in capsys.readouterr().out
     state = load_file(str(out))  # safetensors: no pickle involved
     assert "head.weight" in state and "blocks.0.attn.qkv.weight" in state
@@ -147,12 +149,12 @@ def test_export_file_sidecar_and_errors(smoke_run, tmp_path, capsys):
         assert key in side, key
     assert set(side["transform"]) >= {"resize", "interpolation", "center_crop", "mean", "std"}
     assert transform_from_spec(side["transform"])(Image.new("RGB", (50, 40))).shape == tuple(side["input_size"])
-    assert side["accuracy"]["final_acc"] == read_results(smoke_run)["final_acc"]
+    assert side["accuracy"]["final_acc"] == read_results(base_run)["final_acc"]
 
     with pytest.raises(CheckpointError, match="no such run folder"):
         load_run(tmp_path / "missing")
     unfinished = tmp_path / "unfinished"
-    shutil.copytree(smoke_run, unfinished)
+    shutil.copytree(base_run, unfinished)
     (unfinished / "results.json").unlink()
     with pytest.raises(CheckpointError, match="not finished"):
         load_run(unfinished)
@@ -164,17 +166,17 @@ def test_export_file_sidecar_and_errors(smoke_run, tmp_path, capsys):
 
     # a backbone rebuilt differently is detected, not silently used
     tampered = tmp_path / "tampered"
-    shutil.copytree(smoke_run, tampered)
+    shutil.copytree(base_run, tampered)
     st = json.loads((tampered / "checkpoint" / "state.json").read_text())
     st["backbone_sha256"] = "0" * 64
     (tampered / "checkpoint" / "state.json").write_text(json.dumps(st))
     with pytest.raises(CheckpointError, match="backbone_sha256 mismatch"):
         load_run(tampered)
     # without the per-task head snapshots only the final model loads
-    (unfinished / "results.json").write_text((smoke_run / "results.json").read_text())
+    (unfinished / "results.json").write_text((base_run / "results.json").read_text())
     (unfinished / "checkpoint" / "heads.safetensors").unlink()
     assert len(load_run(unfinished).class_names) == 20
     with pytest.raises(CheckpointError, match="no head snapshot"):
         load_run(unfinished, task=1)
     with pytest.raises(CheckpointError, match="out of range"):
-        load_run(smoke_run, task=5)
+        load_run(base_run, task=5)

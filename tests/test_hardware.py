@@ -100,12 +100,59 @@ def test_report_never_averages_runs_of_different_precision(tmp_path):
 
     base = tmp_path / "fp32"
     assert run_cli("run", "--preset", "smoke", "--quiet", "--out", base, "train.epochs=1", "ca.epochs=1",
-                   "train.threads=1", "scenario.init_cls=10", "scenario.increment=10") == 0
+                   "train.threads=1", "scenario.init_cls=10", "scenario.increment=10", "train.precision=fp32") == 0
+    assert read_results(base)["precision"] == "fp32" and read_results(base)["eval_precision"] == "fp32"
     other = tmp_path / "bf16"
     shutil.copytree(base, other)
     res = read_results(other)
     res.update(precision="bf16", task_precision=["bf16"] * res["num_tasks"], seed=1)
     (other / "results.json").write_text(json.dumps(res))
     groups = group_runs([load_run(p) for p in discover_runs([tmp_path])])
-    labels = sorted(g.label for g in groups)
-    assert len(groups) == 2 and labels == ["precision=bf16", f"precision={read_results(base)['precision']}"]
+    assert sorted(g.label for g in groups) == ["precision=bf16", "precision=fp32"]
+    # a run from before evaluation was float32 (no eval_precision: it evaluated in bf16) is not pooled with a
+    # newer bf16 run either
+    older = tmp_path / "bf16-older"
+    shutil.copytree(other, older)
+    res.pop("eval_precision")
+    res["seed"] = 2
+    (older / "results.json").write_text(json.dumps(res))
+    groups = group_runs([load_run(p) for p in discover_runs([tmp_path])])
+    assert sorted(g.label for g in groups) == ["eval_precision=bf16, precision=bf16",
+                                               "eval_precision=fp32, precision=bf16", "eval_precision=fp32, precision=fp32"]
+
+
+@pytest.mark.parametrize("cap,native", [("AVX2", False), ("avx512_core", False), ("AVX512_CORE_BF16", None),
+                                        (None, None)])
+def test_probe_honours_a_cap_on_onednn_instructions(monkeypatch, cap, native):
+    """``ONEDNN_MAX_CPU_ISA`` below AVX512_CORE_BF16 makes oneDNN emulate bf16 on any CPU: such a machine counts
+    as one without native bf16 (None: as the CPU's own flags say)."""
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
+    if cap is None:
+        monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    else:
+        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", cap)
+    caps = probe(torch.device("cpu"))
+    flags = bool(torch.cpu._is_avx512_bf16_supported())
+    assert caps.cpu_avx512_bf16 == (flags if native is None else native)
+    if native is False:
+        assert resolve_precision("auto", caps)[0] == "fp32" and not caps.cpu_amx
+
+
+def test_float32_evaluation_overrides_a_callers_autocast():
+    x, w = torch.randn(8, 64), torch.randn(32, 64)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = x @ w.T
+        with hardware.float32_evaluation("cpu"):
+            full = x @ w.T
+    assert low.dtype == torch.bfloat16 and full.dtype == torch.float32
+    assert torch.equal(full, x @ w.T)
+
+
+def test_float32_evaluation_turns_tf32_off_on_cuda_and_restores_it():
+    """cuDNN convolutions use TF32 by default: evaluation switches it off (the flags exist without a GPU too)."""
+    settings = hardware._fp32_settings()
+    before = [getattr(o, n) for o, n in settings]
+    with hardware.float32_evaluation("cuda"):
+        inside = [getattr(o, n) for o, n in settings]
+    assert all(v in ("ieee", False) for v in inside)
+    assert [getattr(o, n) for o, n in settings] == before

@@ -33,7 +33,8 @@ import torch
 from .callbacks import Callback
 from .checkpoint import write_json_atomic
 from .drift_margin import drift_margin_summary
-from .evaluation import RunView, autocast, eval_loader, lora_tasks
+from .evaluation import RunView, eval_loader, lora_tasks
+from .hardware import float32_evaluation
 from .losses import relation_matrix, relation_spectrum
 from .run_dir import discover_runs
 
@@ -227,9 +228,9 @@ def trainer_tracker(trainer: RunView, samples_per_task: int, seed: int, source: 
         trainer.model.eval()
         layers, feats = [], []
         for x, _, _ in loader:
-            with autocast(trainer.device, trainer.precision):
-                out = trainer.model(x.to(trainer.device), tasks=lora_tasks(trainer.method.uses_lora, s), layers=True,
-                                    logits=False)
+            with float32_evaluation(trainer.device):  # as every evaluation (sr2lora.hardware.EVAL_PRECISION)
+                out = trainer.model(x.to(trainer.device), tasks=lora_tasks(trainer.method.uses_lora, s),
+                                    layers=True, logits=False)
             layers.append(out.layers.float().cpu())
             feats.append(out.feature.float().cpu())
         return torch.cat(layers), torch.cat(feats)

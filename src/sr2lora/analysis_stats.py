@@ -21,23 +21,23 @@ def _as_pairs(x: Sequence[float], y: Sequence[float]) -> tuple[np.ndarray, np.nd
 
 
 def rankdata(a: np.ndarray) -> np.ndarray:
-    """Ranks 1..n along the last axis, ties given their average rank (as scipy.stats.rankdata 'average')."""
+    """Ranks 1..n along the last axis, ties given their average rank (as scipy.stats.rankdata 'average').
+
+    Vectorised over rows (a bootstrap ranks thousands of resamples, each full of ties): in sorted order every
+    member of a run of equal values gets (first + last) / 2 + 1, its run's first and last positions found with
+    running maxima and minima."""
     a = np.asarray(a, dtype=np.float64)
     order = np.argsort(a, axis=-1, kind="stable")
     s = np.take_along_axis(a, order, axis=-1)
     n = a.shape[-1]
-    ranks_sorted = np.broadcast_to(np.arange(1, n + 1, dtype=np.float64), a.shape).copy()
-    # average over runs of equal values: for each run, every member gets (first + last) / 2
-    flat_s, flat_r = s.reshape(-1, n), ranks_sorted.reshape(-1, n)
-    for row in range(flat_s.shape[0]):
-        v = flat_s[row]
-        starts = np.flatnonzero(np.r_[True, v[1:] != v[:-1]])
-        ends = np.r_[starts[1:], n]
-        for k in np.flatnonzero(ends - starts > 1):  # only the runs of ties
-            lo, hi = starts[k], ends[k]
-            flat_r[row, lo:hi] = (lo + 1 + hi) / 2.0
-    out = np.empty_like(ranks_sorted)
-    np.put_along_axis(out, order, flat_r.reshape(a.shape), axis=-1)
+    pos = np.broadcast_to(np.arange(n), a.shape)
+    differs = s[..., 1:] != s[..., :-1]
+    starts = np.concatenate([np.ones(a.shape[:-1] + (1,), bool), differs], axis=-1)  # first of its run
+    ends = np.concatenate([differs, np.ones(a.shape[:-1] + (1,), bool)], axis=-1)  # last of its run
+    first = np.maximum.accumulate(np.where(starts, pos, 0), axis=-1)
+    last = np.flip(np.minimum.accumulate(np.flip(np.where(ends, pos, n - 1), axis=-1), axis=-1), axis=-1)
+    out = np.empty(a.shape, dtype=np.float64)
+    np.put_along_axis(out, order, (first + last) / 2.0 + 1.0, axis=-1)
     return out
 
 

@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from . import distributed as ddp
-from . import hardware
 from .analysis import SCHEMA, load_drift, read_head_snapshots, trainer_tracker
 from .drift_margin import drift_margin_summary
 from .engine import prepare_data, resolve_device
@@ -51,7 +50,6 @@ class RestoredRun:
     method: Method
     classifier: Classifier
     device: torch.device
-    precision: str
     train_tf: Callable[[Any], torch.Tensor]
     test_tf: Callable[[Any], torch.Tensor]
     dist: ddp.DistContext
@@ -81,7 +79,6 @@ def restore_run(run_dir: str | Path, device: str | None = None) -> tuple[Restore
         torch.set_num_threads(cfg.train.threads)
     dist = ddp.current()
     dev = ddp.resolve_device(resolve_device(cfg.train.device), dist)
-    precision = hardware.choose_precision(cfg.train.precision, hardware.probe(dev))
     data = prepare_data(cfg)  # the measures need the run's images: the dataset, built from the config
     check_same_dataset(run_dir, run.state.get("dataset"), dataset_identity(cfg.data.dataset, data.bundle,
                                                                            cfg.data.root))
@@ -92,7 +89,7 @@ def restore_run(run_dir: str | Path, device: str | None = None) -> tuple[Restore
     _, train_tf, test_tf = run_transforms(cfg, model.vit)
     restored = RestoredRun(
         run=run, cfg=cfg, data=data, scenario=data.scenario, model=model, method=load_method(run),
-        classifier=load_classifier(run, model.embed_dim, data.scenario.offsets), device=dev, precision=precision,
+        classifier=load_classifier(run, model.embed_dim, data.scenario.offsets), device=dev,
         train_tf=train_tf, test_tf=test_tf, dist=dist,
     )
     return restored, run.learned

@@ -45,7 +45,7 @@ from .data.scenario import Scenario, TaskView, build_scenario
 from .data.splits import rng_stream_order, stratified_split
 from .data.transforms import transform_spec
 from .errors import TrainingError
-from .evaluation import autocast, lora_tasks, over_batches, predict_eval, task_indices
+from .evaluation import lora_tasks, over_batches, predict_eval, task_indices
 from .loaders import seeded_loader, train_loader
 from .losses import logitnorm_cross_entropy
 from .methods import Method, TaskContext, create_method, get_method_class
@@ -213,11 +213,15 @@ class Trainer:
         self.start_task = 0
         self.csv_rows: list[dict] = []
         self.task_precision: list[str] = []  # per task: a resumed run may have computed elsewhere
+        # what the reported accuracies were computed in: float32, unless a checkpoint from before that policy
+        # evaluated its tasks in bf16 (then "mixed")
+        self.eval_precision = hardware.EVAL_PRECISION
         self.callbacks: list[Callback] = []  # set by run(): see _open_logs
 
     # ------------------------------------------------------------------ one task
     def _autocast(self) -> AbstractContextManager:
-        return autocast(self.device, self.precision)
+        """Training's autocast; evaluation and statistics compute in float32 (sr2lora.hardware.EVAL_PRECISION)."""
+        return hardware.autocast(self.device, self.precision)
 
     def _task_loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         if self.cfg.train.loss == "logitnorm":
@@ -407,6 +411,7 @@ class Trainer:
             "offsets": self.scenario.offsets,
             "config_sha256": getattr(self, "_config_sha256", None),
             "task_precision": self.task_precision,
+            "eval_precision": self.eval_precision,
             "dataset": self._dataset_identity(),
         }
 
@@ -462,6 +467,14 @@ class Trainer:
         self.task_seconds = state["task_seconds"]
         self.csv_rows = state.get("csv_rows", [])
         self.task_precision = list(state.get("task_precision", []))
+        # checkpoints written before evaluation was float32 evaluated in the training precision
+        before = state.get("eval_precision", "mixed" if "bf16" in self.task_precision else hardware.EVAL_PRECISION)
+        if before != hardware.EVAL_PRECISION:
+            self.eval_precision = "mixed"
+            warnings.warn(
+                f"{self.out_dir}: the checkpoint's tasks were evaluated in bf16 (an sr2lora from before evaluation "
+                f"was float32), the rest of this run evaluates in {hardware.EVAL_PRECISION}; results.json records "
+                f"eval_precision=mixed", stacklevel=2)
         if any(p != self.precision for p in self.task_precision):
             warnings.warn(
                 f"{self.out_dir}: the checkpoint's tasks computed in {'/'.join(sorted(set(self.task_precision)))}, "
@@ -559,7 +572,7 @@ class Trainer:
             "empty_eval_tasks": [j for j, n in enumerate(self.tracker.counts) if n == 0],
             "skipped_files": self.data.skipped_files,
             **hardware.describe(self.capabilities, self._run_precision(), self.cfg.train.precision,
-                                torch.get_num_threads()),
+                                torch.get_num_threads(), self.eval_precision),
             "task_precision": self.task_precision,
             "versions": {"sr2lora": __version__, "torch": torch.__version__, "python": platform.python_version()},
         }

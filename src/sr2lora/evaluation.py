@@ -4,14 +4,17 @@ The trainer evaluates after every task; ``sr2lora analyze``, the robustness chec
 evaluation of a run's checkpoint measure a run restored from its folder. Both are seen through the same
 read-only attributes (:class:`RunView`: a :class:`~sr2lora.engine.Trainer` has them, and so does
 :class:`sr2lora.analyze.RestoredRun`) and compute with these functions: the loader of an evaluation split, the
-autocast of the run's precision, the number of LoRA branches of the model after a task, and the batches sharded
-over processes. A number measured offline is therefore computed exactly as training computed it.
+number of LoRA branches of the model after a task, and the batches sharded over processes. A number measured
+offline is therefore computed exactly as training computed it.
+
+Evaluation always computes in float32, whatever ``train.precision`` trained in
+(:data:`sr2lora.hardware.EVAL_PRECISION`): the reported accuracies are then those a reloaded or exported model
+gives, which also compute in float32.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
@@ -21,6 +24,7 @@ from tqdm import tqdm
 
 from . import distributed as ddp
 from .data.scenario import TaskView, label_range_indices
+from .hardware import float32_evaluation
 from .loaders import seeded_loader
 from .signals import check_interrupt
 
@@ -34,8 +38,8 @@ if TYPE_CHECKING:
 
 
 class RunView(Protocol):
-    """What evaluation reads of a run (never writes): its config, data, model, method, classifier and where and
-    in which precision it computes."""
+    """What evaluation reads of a run (never writes): its config, data, model, method, classifier and where it
+    computes (always in float32)."""
 
     cfg: RunConfig
     data: RunData
@@ -44,15 +48,9 @@ class RunView(Protocol):
     method: Method
     classifier: Classifier
     device: torch.device
-    precision: str  # "fp32" or "bf16" (sr2lora.hardware)
     test_tf: Callable[[Any], torch.Tensor]
     dist: ddp.DistContext
     bars: bool  # progress bars over the batches
-
-
-def autocast(device: torch.device, precision: str) -> AbstractContextManager:
-    """The autocast context of ``precision`` on ``device``: bf16 autocast for ``bf16``, a no-op otherwise."""
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
 def lora_tasks(uses_lora: bool, t: int) -> int:
@@ -74,7 +72,8 @@ def eval_loader(view: RunView, images, labels: np.ndarray, indices: np.ndarray) 
 @torch.no_grad()
 def over_batches(view: RunView, images, labels: np.ndarray, indices: np.ndarray, desc: str,
                  forward: Callable[[torch.Tensor], torch.Tensor], empty: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(``forward(x)`` of every batch, run labels) over ``images[indices]`` with the test transform, in order.
+    """(``forward(x)`` of every batch, run labels) over ``images[indices]`` with the test transform, in order,
+    in float32 (no autocast: the evaluation policy of :mod:`sr2lora.hardware`).
 
     With several processes each computes its share of the batches and all get the whole, in order.
     ``forward`` returns a CPU tensor per batch; ``empty`` is its zero-row shape for a rank with no batch.
@@ -86,7 +85,7 @@ def over_batches(view: RunView, images, labels: np.ndarray, indices: np.ndarray,
     view.model.eval()
     for x, y, _ in tqdm(loader, desc=desc, disable=not view.bars, leave=False):
         check_interrupt()
-        with autocast(view.device, view.precision):
+        with float32_evaluation(view.device):
             outs.append(forward(x.to(view.device)))
         ys.append(y.to(torch.int64))
     n = len(indices)

@@ -12,8 +12,10 @@ error, not silently wrong predictions.
 stacks the heads into one ``head`` Linear: the result is the state dict of the same timm architecture with
 ``num_classes`` = the learned classes, loadable without sr2lora (see the JSON sidecar's ``load`` entry).
 
-Both compute in float32. A run trained with ``train.precision=bf16`` was evaluated under bf16 autocast, so its
-reported accuracy can differ from these models' by a few images.
+Both compute in float32, as the run's own evaluation did whatever ``train.precision`` it trained in
+(:data:`sr2lora.hardware.EVAL_PRECISION`), so on the same machine they give exactly the accuracies the run
+reported. Runs written before that policy and trained in bf16 (``eval_precision`` absent or not ``fp32`` in
+results.json) evaluated in bf16 and can differ from these models by a few images.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from torch import nn
 from .atomic import atomic_path
 from .checkpoint import CheckpointError, write_json_atomic
 from .config import RunConfig
+from .hardware import float32_evaluation
 from .run_dir import load_classifier, load_model, method_class, read_run, run_transforms
 from .snapshots import plain_backbone_state
 
@@ -53,9 +56,10 @@ class RunModel(nn.Module):
         return sum(self.cil.heads.sizes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.head is None:
-            return self.cil(x, tasks=self.lora_tasks, heads=len(self.cil.heads)).logits
-        return self.head(self.cil(x, tasks=self.lora_tasks, logits=False).feature)
+        with float32_evaluation(x.device):  # as the run's own evaluation (sr2lora.hardware.EVAL_PRECISION)
+            if self.head is None:
+                return self.cil(x, tasks=self.lora_tasks, heads=len(self.cil.heads)).logits
+            return self.head(self.cil(x, tasks=self.lora_tasks, logits=False).feature)
 
 
 @dataclass
@@ -242,6 +246,8 @@ def export_run(run_dir: str | Path, out_file: str | Path, task: int | None = Non
         },
         "classifier": how,  # how the model's output becomes the logits (sr2lora.export.export_head)
         "input_size": [3, size, size],
+        "precision": "fp32",  # the model computes in float32, as the run's evaluation did
+        "train_precision": results.get("precision"),
         "transform": run.transform_spec,
         "class_names": run.class_names,
         "task": t,

@@ -10,12 +10,22 @@ every case can be tested on any machine; :func:`probe` reads the capabilities of
 
 from __future__ import annotations
 
+import os
 import warnings
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import asdict, dataclass
 
 import torch
 
 PRECISIONS = ("auto", "fp32", "bf16")
+EVAL_PRECISION = "fp32"  # evaluation, class statistics, analyses, reload and export (the policy above)
+# oneDNN's instruction sets from which bf16 is computed natively (ONEDNN_MAX_CPU_ISA values and aliases)
+_ONEDNN_BF16_ISAS = {"AVX512_CORE_BF16", "AVX512_CORE_FP16", "AVX10_1_512", "AVX512_CORE_AMX", "AVX10_1_512_AMX",
+                     "AVX512_CORE_AMX_FP16", "AVX10_1_512_AMX_FP16", "AVX10_2_512", "AVX10_2_512_AMX_2", "ALL",
+                     "DEFAULT"}
+_ONEDNN_AMX_ISAS = {"AVX512_CORE_AMX", "AVX10_1_512_AMX", "AVX512_CORE_AMX_FP16", "AVX10_1_512_AMX_FP16",
+                    "AVX10_2_512_AMX_2", "ALL", "DEFAULT"}
 BF16_EMULATED_SLOWDOWN = (
     "this CPU has no native bf16 (no AVX512-BF16, no AMX), so bf16 autocast is emulated: one ViT-S/14 training "
     "step measured 14x slower than fp32 on such a CPU. Use train.precision=auto (fp32 here) or "
@@ -56,12 +66,20 @@ def resolve_precision(requested: str, caps: Capabilities) -> tuple[str, str | No
     return requested, None
 
 
+def onednn_isa_cap() -> str | None:
+    """The instruction-set cap oneDNN was given (``ONEDNN_MAX_CPU_ISA`` or its old name ``DNNL_MAX_CPU_ISA``), upper
+    case, or None when there is none."""
+    value = os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA")
+    return value.strip().upper() if value and value.strip() else None
+
+
 def probe(device: torch.device) -> Capabilities:
-    """The capabilities of ``device`` on this machine."""
+    """The capabilities of ``device`` on this machine (the CPU's bf16 flags as far as oneDNN may use them)."""
+    cap = onednn_isa_cap()
     cpu = dict(
         cpu_capability=torch.backends.cpu.get_cpu_capability(),
-        cpu_avx512_bf16=bool(torch.cpu._is_avx512_bf16_supported()),
-        cpu_amx=bool(torch.cpu._is_amx_tile_supported()),
+        cpu_avx512_bf16=bool(torch.cpu._is_avx512_bf16_supported()) and (cap is None or cap in _ONEDNN_BF16_ISAS),
+        cpu_amx=bool(torch.cpu._is_amx_tile_supported()) and (cap is None or cap in _ONEDNN_AMX_ISAS),
     )
     if device.type == "cuda":
         return Capabilities("cuda", **cpu, cuda_bf16=bool(torch.cuda.is_bf16_supported()),
@@ -81,10 +99,44 @@ def choose_precision(requested: str, caps: Capabilities) -> str:
     return precision
 
 
-def describe(caps: Capabilities, precision: str, requested: str, threads: int) -> dict[str, object]:
-    """What ``results.json`` records about where and how a run computed."""
-    out: dict[str, object] = {"precision": precision, "precision_requested": requested, "threads": threads,
-                              "device_type": caps.device_type}
+def autocast(device: torch.device, precision: str) -> AbstractContextManager:
+    """The autocast context of training in ``precision`` on ``device``: bf16 autocast for ``bf16``, a no-op
+    otherwise. Nothing but training uses it (:data:`EVAL_PRECISION`)."""
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+def _fp32_settings() -> list[tuple[object, str]]:
+    """The (object, attribute) pairs that let CUDA compute float32 matmuls and convolutions in TF32."""
+    b = torch.backends
+    if hasattr(b.cuda.matmul, "fp32_precision") and hasattr(b.cudnn, "conv"):  # torch >= 2.9
+        return [(b.cuda.matmul, "fp32_precision"), (b.cudnn.conv, "fp32_precision")]
+    return [(b.cuda.matmul, "allow_tf32"), (b.cudnn, "allow_tf32")]
+
+
+@contextmanager
+def float32_evaluation(device: torch.device | str) -> Iterator[None]:
+    """Compute in true float32 inside: no autocast (not even a caller's) and, on CUDA, no TF32 for matmuls and
+    convolutions (cuDNN convolutions use TF32 by default). Everything that reads a trained model runs in it
+    (:data:`EVAL_PRECISION`), so a reported accuracy does not depend on a global setting of the caller's."""
+    device_type = torch.device(device).type
+    settings = _fp32_settings() if device_type == "cuda" else []
+    saved = [getattr(obj, name) for obj, name in settings]
+    try:
+        for obj, name in settings:
+            setattr(obj, name, "ieee" if name == "fp32_precision" else False)
+        with torch.autocast(device_type=device_type, enabled=False):
+            yield
+    finally:
+        for (obj, name), value in zip(settings, saved):
+            setattr(obj, name, value)
+
+
+def describe(caps: Capabilities, precision: str, requested: str, threads: int,
+             eval_precision: str = EVAL_PRECISION) -> dict[str, object]:
+    """What ``results.json`` records about where and how a run computed: ``precision`` is training's,
+    ``eval_precision`` that of the evaluation behind the reported accuracies."""
+    out: dict[str, object] = {"precision": precision, "precision_requested": requested,
+                              "eval_precision": eval_precision, "threads": threads, "device_type": caps.device_type}
     if caps.device_type == "cuda":
         out["device_name"] = caps.device_name
     out["cpu_capability"] = caps.cpu_capability
@@ -100,7 +152,7 @@ def summary_line(caps: Capabilities, precision: str, requested: str, threads: in
         flags = [f for f, on in (("AVX512-BF16", caps.cpu_avx512_bf16), ("AMX", caps.cpu_amx)) if on]
         where = f"cpu ({caps.cpu_capability}, {'native bf16: ' + '+'.join(flags) if flags else 'no native bf16'})"
     how = f"{precision} (from auto)" if requested == "auto" else precision
-    return f"device {where}, {threads} threads, precision {how}"
+    return f"device {where}, {threads} threads, precision {how}, evaluation {EVAL_PRECISION}"
 
 
 def as_dict(caps: Capabilities) -> dict[str, object]:

@@ -100,6 +100,8 @@ def load_run(path: str | Path) -> Run:
     config = flatten(yaml.safe_load(cfg_file.read_text(encoding="utf-8")) or {}) if cfg_file.is_file() else {}
     if "precision" in results:  # `auto` means bf16 on one machine and fp32 on another: group by what ran
         config["train.precision"] = results["precision"]
+        # runs from before evaluation was float32 evaluated in their training precision: never pooled with newer ones
+        config["eval_precision"] = results.get("eval_precision", results["precision"])
     return Run(path, results, config)
 
 
