@@ -1,7 +1,7 @@
 """Classifier-alignment sampling: the cached Cholesky factor vs a sampler rebuilt every epoch (the reference).
 
 One CA epoch draws ``samples_factor × batch`` (default 5 × 128 = 640) features of every seen class from
-N(μ_c, Σ_c). ``cached`` is :meth:`sr2lora.alignment.ClassGaussians.sample`: the Cholesky factors were computed
+N(μ_c, Σ_c). ``cached`` is :meth:`sr2lora.classifiers.gaussians.ClassGaussians.sample`: the Cholesky factors were computed
 once when the class statistics were (float64, stored float32), the stack of all classes' means and Lᵀ is built
 on an alignment's first epoch and reused by the others, and an epoch is one fused batched matmul μ + z Lᵀ
 (``torch.baddbmm``) for all classes. ``rebuilt`` is what the reference does every epoch: for each class, build a
@@ -26,7 +26,7 @@ import time  # noqa: E402
 import torch  # noqa: E402
 from results_io import write_result  # noqa: E402
 
-from sr2lora.alignment import ClassGaussians  # noqa: E402
+from sr2lora.classifiers.gaussians import ClassGaussians  # noqa: E402
 
 
 def make_gaussians(classes: int, dim: int, per_class: int, seed: int = 0) -> ClassGaussians:

@@ -1,6 +1,6 @@
 """The same checkpoint evaluated on the CPU and on a CUDA device: how far float32 evaluation moves between them.
 
-sr2lora evaluates in float32 on every device (``sr2lora.hardware.EVAL_PRECISION``; on CUDA without TF32), so a run
+sr2lora evaluates in float32 on every device (``sr2lora.core.hardware.EVAL_PRECISION``; on CUDA without TF32), so a run
 reloaded on another machine differs only by the kernels' rounding and reduction order. For each run folder this
 reloads the final model on both devices, runs every evaluation image of the run (``--max-images`` caps it) and
 reports the largest logit difference relative to the largest logit, the predictions that changed, and both
@@ -28,7 +28,7 @@ from results_io import write_result  # noqa: E402
 from synthetic_run import register  # noqa: E402
 
 from sr2lora import load_run  # noqa: E402
-from sr2lora.engine import prepare_data  # noqa: E402
+from sr2lora.train.engine import prepare_data  # noqa: E402
 
 
 @torch.no_grad()

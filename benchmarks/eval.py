@@ -11,7 +11,7 @@ interleaved, median images/s (no autograd, eval mode):
   forward (pooled [CLS] feature) and one linear head over all classes: the floor of an unadapted backbone.
 - ``unfolded``: every forward sums all task branches (``set_folding(False)``), the reference's way.
 - ``folded-bf16``: ``folded`` under bf16 autocast: what evaluating in a bf16 run's training precision would run
-  instead of sr2lora's float32 evaluation (``sr2lora.hardware.EVAL_PRECISION``); its images/s against
+  instead of sr2lora's float32 evaluation (``sr2lora.core.hardware.EVAL_PRECISION``); its images/s against
   ``folded`` is what that policy costs per image, its logit difference what it buys in exactness.
 
     python benchmarks/eval.py --backbone imgfocus --img-size 112 --batch 64

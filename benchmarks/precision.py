@@ -3,7 +3,7 @@
 bf16 pays only where the hardware computes it (AVX512-BF16, AMX, a CUDA GPU with bf16); elsewhere oneDNN emulates
 it. The same model and batch run one ``sr2lora`` training step in each precision, interleaved, ``--repeats``
 times; the table gives medians and the ratio bf16 / fp32 (> 1: bf16 is slower), and says what
-``train.precision=auto`` picks here (:mod:`sr2lora.hardware`).
+``train.precision=auto`` picks here (:mod:`sr2lora.core.hardware`).
 
     python benchmarks/precision.py                       # ViT-S/14 at the demo's 56 px, batch 32
     python benchmarks/precision.py --backbone micro      # seconds
@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results_io import write_result  # noqa: E402
 from step import Variant, build_bench  # noqa: E402
 
-from sr2lora.hardware import probe, resolve_precision  # noqa: E402
+from sr2lora.core.hardware import probe, resolve_precision  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict:

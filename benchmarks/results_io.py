@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from sr2lora.hardware import as_dict, probe
+from sr2lora.core.hardware import as_dict, probe
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -186,7 +186,7 @@ def config_mismatch(job: Job, precision: str) -> list[str]:
     """
     from sr2lora.classifiers.base import resolve_kind
     from sr2lora.config import load_config
-    from sr2lora.run_reuse import experiment_changes
+    from sr2lora.runs.reuse import experiment_changes
 
     saved_file = job.out / "config.yaml"
     if not saved_file.is_file():

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from conftest import FAST, PRECISIONS, run_cli
-from sr2lora.analysis import MEASURES, held_out_sample
-from sr2lora.analyze import analyze_run
+from sr2lora.analysis.drift import MEASURES, held_out_sample
+from sr2lora.analysis.restore import analyze_run
 from sr2lora.config import ConfigError, load_config
 from sr2lora.data import build_dataset
 from sr2lora.methods import create_method, select_layers
@@ -152,7 +152,7 @@ def test_layers_option_selects_blocks_of_a_12_layer_vit(method):
 
 @pytest.mark.parametrize("spec", ["first:2", "random:2"])
 def test_layers_option_in_training(spec):
-    from sr2lora.engine import Trainer
+    from sr2lora.train.engine import Trainer
 
     cfg = load_config("smoke", [f"method.layers={spec}", "train.device=cpu", *FAST])
     trainer = Trainer(cfg, None, progress=False)

@@ -1,4 +1,4 @@
-"""Atomic writes (sr2lora.atomic): the target holds the old content or the new, never part of either."""
+"""Atomic writes (sr2lora.core.atomic): the target holds the old content or the new, never part of either."""
 
 from __future__ import annotations
 
@@ -10,8 +10,14 @@ import stat
 import numpy as np
 import pytest
 
-from sr2lora.atomic import atomic_open, atomic_path, atomic_write_bytes, atomic_write_json, atomic_write_text
-from sr2lora.checkpoint import write_json_atomic
+from sr2lora.core.atomic import (
+    atomic_open,
+    atomic_path,
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+)
+from sr2lora.runs.checkpoint import write_json_atomic
 
 
 class Boom(Exception):
@@ -112,17 +118,17 @@ def test_bad_mode():
 
 
 def test_no_hand_written_atomic_file_write_in_the_package():
-    """File writes go through sr2lora.atomic; os.replace elsewhere is only a folder swap (checkpoint, asset caches)."""
+    """File writes go through sr2lora.core.atomic; os.replace elsewhere is only a folder swap (checkpoint, asset caches)."""
     import sr2lora
 
     root = os.path.dirname(sr2lora.__file__)
-    folder_swaps = {"checkpoint.py", os.path.join("assets", "openclipart.py")}
+    folder_swaps = {os.path.join("runs", "checkpoint.py"), os.path.join("assets", "openclipart.py")}
     found = []
     for dirpath, _, files in os.walk(root):
         for f in files:
             rel = os.path.relpath(os.path.join(dirpath, f), root)
-            if f.endswith(".py") and rel != "atomic.py" and rel not in folder_swaps:
+            if f.endswith(".py") and rel != os.path.join("core", "atomic.py") and rel not in folder_swaps:
                 text = open(os.path.join(dirpath, f), encoding="utf-8").read()
                 if "os.replace(" in text or "mkstemp(" in text:
                     found.append(rel)
-    assert found == [], f"hand-written atomic writes in {found}: use sr2lora.atomic"
+    assert found == [], f"hand-written atomic writes in {found}: use sr2lora.core.atomic"

@@ -20,13 +20,13 @@ from safetensors.torch import load_file
 
 from conftest import FAST, PRECISIONS, read_results, run_cli
 from sr2lora import export_run, load_run
-from sr2lora.alignment import ClassGaussians, align_classifier
 from sr2lora.classifiers import create_classifier
+from sr2lora.classifiers.gaussians import ClassGaussians, align_classifier
 from sr2lora.classifiers.ridge import holdout_mask, ridge_solve, validation_errors
 from sr2lora.config import ConfigError, load_config
-from sr2lora.engine import Trainer, prepare_data
+from sr2lora.core.signals import Interrupted
 from sr2lora.models.heads import TaskHeads
-from sr2lora.signals import Interrupted
+from sr2lora.train.engine import Trainer, prepare_data
 
 F64 = torch.float64
 SOLVE_RTOL = 1e-9  # float64 ridge solutions: incremental vs one-shot (measured ~1e-13)

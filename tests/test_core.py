@@ -7,7 +7,7 @@ import timm
 import torch
 import torch.nn.functional as F
 
-from sr2lora.losses import (
+from sr2lora.methods.losses import (
     entrywise_relation_loss,
     relation_spectrum,
     spectral_relation_loss,
@@ -111,7 +111,7 @@ def test_previous_model_pass_records_no_graph():
 def test_only_current_task_changes(tmp_path):
     """Train three smoke tasks; after task t only task t's LoRA factors and head differ from before."""
     from sr2lora.config import load_config
-    from sr2lora.engine import Trainer
+    from sr2lora.train.engine import Trainer
 
     cfg = load_config("smoke", ["train.epochs=1", "ca.enabled=false"])
     tr = Trainer(cfg, None, progress=False)

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from conftest import read_results, run_cli
-from sr2lora.distributed import DistContext, interleave_batches, per_rank_batch, shard_batches
+from sr2lora.core.distributed import DistContext, interleave_batches, per_rank_batch, shard_batches
 
 FAST = ["train.epochs=1", "ca.epochs=2", "train.eval_batch_size=48"]  # 240 test images: 5 batches, uneven
 
@@ -82,10 +82,10 @@ def test_torchrun_smoke_run_and_exact_distributed_evaluation(tmp_path):
     # 2. evaluation of a fixed model (the single-process run's checkpoint) sharded over 1 and 2 processes
     out1, out2 = tmp_path / "eval1.json", tmp_path / "eval2.json"
     env = {**os.environ}
-    res = subprocess.run([sys.executable, "-m", "sr2lora.analyze", "evaluate", str(single), str(out1)],
+    res = subprocess.run([sys.executable, "-m", "sr2lora.analysis.restore", "evaluate", str(single), str(out1)],
                          capture_output=True, text=True, env=env, check=False)
     assert res.returncode == 0, res.stderr[-3000:]
-    res = torchrun("-m", "sr2lora.analyze", "evaluate", str(single), str(out2))
+    res = torchrun("-m", "sr2lora.analysis.restore", "evaluate", str(single), str(out2))
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     e1, e2 = json.loads(out1.read_text()), json.loads(out2.read_text())
     assert (e1["world_size"], e2["world_size"]) == (1, 2)

@@ -7,8 +7,8 @@ import sys
 import pytest
 
 from conftest import run_cli
-from sr2lora.errors import MissingExtraError
-from sr2lora.extras import EXTRAS, require
+from sr2lora.core.errors import MissingExtraError
+from sr2lora.core.extras import EXTRAS, require
 
 OPTIONAL = ("onnx", "cairosvg", "matplotlib", "tensorboard")
 
@@ -16,7 +16,7 @@ OPTIONAL = ("onnx", "cairosvg", "matplotlib", "tensorboard")
 def test_core_import_path_imports_no_optional_dependency():
     """`import sr2lora`, its config and engine (and the CLI, data and model modules a run imports) load none of
     the optional packages; checked in a fresh interpreter's sys.modules."""
-    code = ("import json, sys; import sr2lora, sr2lora.config, sr2lora.engine, sr2lora.cli, sr2lora.data, "
+    code = ("import json, sys; import sr2lora, sr2lora.config, sr2lora.train.engine, sr2lora.cli, sr2lora.data, "
             "sr2lora.models.backbone, sr2lora.models.imgfocus, sr2lora.assets; "
             f"print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in {OPTIONAL!r} "
             "or m.startswith('torch.utils.tensorboard'))))")
@@ -46,7 +46,7 @@ def test_a_missing_module_names_its_extra(monkeypatch, module, extra):
 
 
 def test_figures_without_matplotlib(monkeypatch):
-    from sr2lora.render import pyplot
+    from sr2lora.report.render import pyplot
 
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     with pytest.raises(MissingExtraError, match=r"pip install 'sr2lora\[report\]'"):

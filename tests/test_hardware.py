@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from conftest import read_results, run_cli
-from sr2lora import hardware
-from sr2lora.hardware import Capabilities, choose_precision, probe, resolve_precision
+from sr2lora.core import hardware
+from sr2lora.core.hardware import Capabilities, choose_precision, probe, resolve_precision
 
 AVX2 = Capabilities("cpu", "AVX2")
 AVX512 = Capabilities("cpu", "AVX512")  # AVX-512 without its bf16 extension: still emulated
@@ -96,7 +96,7 @@ def test_report_never_averages_runs_of_different_precision(tmp_path):
     import json
     import shutil
 
-    from sr2lora.report import discover_runs, group_runs, load_run
+    from sr2lora.report.build import discover_runs, group_runs, load_run
 
     base = tmp_path / "fp32"
     assert run_cli("run", "--preset", "smoke", "--quiet", "--out", base, "train.epochs=1", "ca.epochs=1",

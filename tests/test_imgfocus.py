@@ -24,8 +24,8 @@ ort = pytest.importorskip("onnxruntime")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 from sr2lora.assets import imgfocus  # noqa: E402
-from sr2lora.cache import cache_dir  # noqa: E402
-from sr2lora.errors import AssetsError  # noqa: E402
+from sr2lora.core.cache import cache_dir  # noqa: E402
+from sr2lora.core.errors import AssetsError  # noqa: E402
 from sr2lora.models import imgfocus as reader  # noqa: E402
 
 TOKENS = "/backbone/layernorm/Add_1_output_0"  # final-norm output, exposed as a second graph output

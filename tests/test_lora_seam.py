@@ -12,9 +12,9 @@ import torch
 import torch.nn.functional as F
 
 from sr2lora.config import load_config
-from sr2lora.engine import Trainer
 from sr2lora.models.backbone import CILModel
 from sr2lora.models.lora import LoRAQKV
+from sr2lora.train.engine import Trainer
 
 
 def micro_model(targets=("k", "v"), rank=3, tasks=3, seed=0) -> CILModel:

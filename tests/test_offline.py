@@ -3,10 +3,10 @@
 import pytest
 
 from sr2lora.config import DataConfig
+from sr2lora.core.errors import DataError, WeightsError
+from sr2lora.core.offline import is_offline, offline_reason
 from sr2lora.data import build_dataset
-from sr2lora.errors import DataError, WeightsError
 from sr2lora.models.backbone import create_vit
-from sr2lora.offline import is_offline, offline_reason
 
 
 @pytest.fixture

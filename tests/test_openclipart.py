@@ -18,10 +18,10 @@ import pytest
 
 from sr2lora.assets import openclipart as aoc
 from sr2lora.config import DataConfig
+from sr2lora.core.errors import AssetsError
 from sr2lora.data import openclipart as oc
 from sr2lora.data.base import DataError
 from sr2lora.data.registry import dataset_names
-from sr2lora.errors import AssetsError
 
 COLORS = ["#d62728", "#1f77b4", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf"]
 
@@ -310,7 +310,7 @@ def test_parallel_render_finishes_under_the_cli_signal_handlers(tmp_path: Path) 
         write(tmp_path / f"c{i}.svg", circle(f"#{i % 256:02x}{i // 4:02x}ff", r=5 + i % 40))
     code = (
         "import sys; from pathlib import Path; from sr2lora.assets import openclipart as oc; "
-        "from sr2lora.signals import stop_on_signals\n"
+        "from sr2lora.core.signals import stop_on_signals\n"
         "paths = sorted(str(p) for p in Path(sys.argv[1]).glob('*.svg'))\n"
         "with stop_on_signals():\n"
         "    out = oc._render_all(paths, 32, 2)\n"

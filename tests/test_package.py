@@ -14,8 +14,8 @@ PKG = Path(sr2lora.__file__).resolve().parent
 
 def test_import_leaves_the_environment_alone():
     # torch itself sets TORCHINDUCTOR_CACHE_DIR on import: compare with the environment after the stack's import
-    code = ("import json, os, torch, torchvision, timm; before = dict(os.environ); import sr2lora, sr2lora.engine, "
-            "sr2lora.config, sr2lora.report; "
+    code = ("import json, os, torch, torchvision, timm; before = dict(os.environ); import sr2lora, sr2lora.train.engine, "
+            "sr2lora.config, sr2lora.report.build; "
             "print(json.dumps({k: v for k, v in os.environ.items() if before.get(k) != v}))")
     env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
@@ -115,7 +115,7 @@ def test_cycle_finder_finds_a_planted_cycle():
 
 def test_no_import_cycle_inside_the_package():
     graph = import_graph()
-    assert len(graph) > 20 and "sr2lora.engine" in graph["sr2lora.cli"] | {"sr2lora.engine"}
+    assert len(graph) > 20 and "sr2lora.train.engine" in graph["sr2lora.cli"] | {"sr2lora.train.engine"}
     # a package's __init__ importing its own submodules is how registries fill; a submodule importing the
     # package __init__ back would close a cycle through it
     cycle = find_cycle(graph)

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from sr2lora.alignment import ClassGaussians
+from sr2lora.classifiers.gaussians import ClassGaussians
 from sr2lora.models import fastpath
 from sr2lora.models.backbone import CILModel, create_vit
 from sr2lora.models.fastpath import block_forward, onednn_available, supports
@@ -119,7 +119,7 @@ def test_linear_benchmark_report(tmp_path):
 def test_precision_benchmark_report(tmp_path):
     """benchmarks/precision.py on the micro ViT: both precisions timed ``repeats`` times, the ratio is the ratio
     of the medians, and the report says what `auto` picks on this machine."""
-    from sr2lora.hardware import probe, resolve_precision
+    from sr2lora.core.hardware import probe, resolve_precision
 
     out = tmp_path / "precision.json"
     r = precision_bench.main(["--backbone", "micro", "--repeats", "2", "--tasks", "2", "--threads", "1",

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sr2lora.losses import (
+from sr2lora.methods.losses import (
     batch_spectral_relation_loss,
     entrywise_relation_loss,
     relation_spectrum,

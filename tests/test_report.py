@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from conftest import read_results, run_cli
-from sr2lora.report import Run, forgetting_per_task, group_runs, mean_std
+from sr2lora.report.build import Run, forgetting_per_task, group_runs, mean_std
 from sr2lora.sweep import parse_items, plan_sweep, setting_name, split_values
 
 FAST = ["train.epochs=1", "ca.epochs=2"]

@@ -17,8 +17,8 @@ import pytest
 from safetensors import safe_open
 
 from conftest import read_results, run_cli
-from sr2lora.cache import file_sha256
-from sr2lora.checkpoint import CKPT_DIR, PAUSE_ENV, clean_partial
+from sr2lora.core.cache import file_sha256
+from sr2lora.runs.checkpoint import CKPT_DIR, PAUSE_ENV, clean_partial
 
 # Three epochs make a task long enough (most of a second) to be killed in the middle of it.
 CFG = ["train.epochs=3", "ca.epochs=1"]
@@ -118,7 +118,7 @@ def test_signal_stops_cleanly(tmp_path, sig, code):
 
 
 def test_disk_full_during_checkpoint_keeps_the_previous_one(tmp_path, monkeypatch, capsys):
-    import sr2lora.checkpoint as ckpt
+    import sr2lora.runs.checkpoint as ckpt
 
     real_save = ckpt.save_file
     calls = {"n": 0}

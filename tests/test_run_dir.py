@@ -1,4 +1,4 @@
-"""Reading a run folder (sr2lora.run_dir): nothing written, no dataset built, the same model as training's."""
+"""Reading a run folder (sr2lora.runs.folder): nothing written, no dataset built, the same model as training's."""
 
 import os
 import shutil
@@ -11,15 +11,13 @@ import yaml
 
 from conftest import read_results, run_cli
 from sr2lora import load_run
-from sr2lora.analyze import evaluate_run, restore_run
-from sr2lora.checkpoint import CheckpointError
+from sr2lora.analysis.restore import evaluate_run, restore_run
 from sr2lora.config import load_config
+from sr2lora.core.errors import Sr2loraError
 from sr2lora.data import registry
 from sr2lora.data.base import DataError
-from sr2lora.engine import Trainer, prepare_data
-from sr2lora.errors import Sr2loraError
-from sr2lora.evaluation import lora_tasks
-from sr2lora.run_dir import (
+from sr2lora.runs.checkpoint import CheckpointError
+from sr2lora.runs.folder import (
     is_stored_weight,
     load_classifier,
     load_method,
@@ -29,6 +27,8 @@ from sr2lora.run_dir import (
     restore_weights,
     stored_weights,
 )
+from sr2lora.train.engine import Trainer, prepare_data
+from sr2lora.train.evaluation import lora_tasks
 
 FAST = ["train.epochs=1", "ca.epochs=2"]
 
@@ -123,7 +123,7 @@ def test_same_model_and_logits_as_the_trainer(smoke_run, tmp_path):
     assert torch.equal(logits, expected)
     assert 100.0 * float(np.mean(logits.argmax(-1).numpy() == labels)) == pytest.approx(results["final_acc"],
                                                                                         abs=1e-9)
-    # the evaluation the analyses run (sr2lora.evaluation through a restored run) is the trainer's own
+    # the evaluation the analyses run (sr2lora.train.evaluation through a restored run) is the trainer's own
     e = evaluate_run(str(smoke_run))
     assert e["row"] == results["accuracy_matrix"][-1] and e["world_size"] == 1
     pred, y = trainer.predict_eval(T - 1)

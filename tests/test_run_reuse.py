@@ -1,4 +1,4 @@
-"""One rule for reusing a run folder (sr2lora.run_reuse), shared by run, run --resume, sweep and demo; and a
+"""One rule for reusing a run folder (sr2lora.runs.reuse), shared by run, run --resume, sweep and demo; and a
 sweep stops cleanly on SIGTERM and continues when the same command is given again."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import pytest
 
 from conftest import read_results, run_cli, sigterm_cli_after
 from sr2lora.config import dump_config, load_config
-from sr2lora.errors import OutputError
-from sr2lora.run_reuse import ExperimentMismatch, folder_state
+from sr2lora.core.errors import OutputError
+from sr2lora.runs.reuse import ExperimentMismatch, folder_state
 
 FAST = ["train.epochs=1", "ca.epochs=2"]
 

@@ -1,7 +1,7 @@
 """The accuracy a run reports is exactly what its reloaded, predicting, analysed and exported model gives.
 
 Training computes in ``train.precision``; everything that reads the trained model computes in float32
-(``sr2lora.hardware.EVAL_PRECISION``). So for every registered method, every classifier kind and both training
+(``sr2lora.core.hardware.EVAL_PRECISION``). So for every registered method, every classifier kind and both training
 precisions (forced: never what ``auto`` picks), on the smoke preset: ``load_run`` as after every task, ``predict``
 on the evaluation images written as PNG files, ``evaluate_run`` (the offline evaluation of the checkpoint),
 ``analyze`` (its margins are the heads' correctness) and an exported model loaded in plain timm give the numbers
@@ -21,12 +21,12 @@ from safetensors.torch import load_file
 
 from conftest import PRECISIONS
 from sr2lora import export_run, load_run
-from sr2lora.analyze import analyze_run, evaluate_run
+from sr2lora.analysis.restore import analyze_run, evaluate_run
 from sr2lora.config import load_config
-from sr2lora.engine import prepare_data
-from sr2lora.hardware import float32_evaluation
+from sr2lora.core.hardware import float32_evaluation
+from sr2lora.inference.predict import predict
 from sr2lora.methods import get_method_class, method_names
-from sr2lora.predict import predict
+from sr2lora.train.engine import prepare_data
 
 KINDS = ("ca", "ncm", "ridge")
 
@@ -44,7 +44,7 @@ def eval_images(tmp_path_factory):
 
 
 def accuracy(pred, labels) -> float:
-    """The accuracy as the run computes it (``sr2lora.metrics.task_accuracies``: the mean over the images)."""
+    """The accuracy as the run computes it (``sr2lora.train.metrics.task_accuracies``: the mean over the images)."""
     return 100.0 * float(np.mean(np.asarray(pred) == np.asarray(labels)))
 
 

@@ -9,11 +9,11 @@ import torch
 from torch.utils.data import DistributedSampler, TensorDataset
 
 from sr2lora.config import TrainConfig, load_config
-from sr2lora.distributed import DistContext
-from sr2lora.errors import ConfigError
-from sr2lora.loaders import seeded_loader, train_loader
-from sr2lora.optim import OPTIMIZERS, build_optimizer
-from sr2lora.schedules import SCHEDULES, cosine_step_lr, lr_at, reference_lr, schedule_names
+from sr2lora.core.distributed import DistContext
+from sr2lora.core.errors import ConfigError
+from sr2lora.data.loaders import seeded_loader, train_loader
+from sr2lora.train.optim import OPTIMIZERS, build_optimizer
+from sr2lora.train.schedules import SCHEDULES, cosine_step_lr, lr_at, reference_lr, schedule_names
 
 BASE = 3e-3
 

@@ -10,7 +10,9 @@ import torch
 import torch.nn.functional as F
 
 from conftest import run_cli
-from sr2lora.analysis_stats import (
+from sr2lora.analysis.drift_margin import drift_margin_pairs, drift_margin_summary
+from sr2lora.analysis.robustness import Setting, measure
+from sr2lora.analysis.stats import (
     bootstrap_ci,
     correlate,
     pearson,
@@ -21,9 +23,11 @@ from sr2lora.analysis_stats import (
     weyl_summary,
     within_group_spearman,
 )
-from sr2lora.drift_margin import drift_margin_pairs, drift_margin_summary
-from sr2lora.losses import batch_spectral_relation_loss, entrywise_relation_loss, spectral_relation_loss
-from sr2lora.robustness import Setting, measure
+from sr2lora.methods.losses import (
+    batch_spectral_relation_loss,
+    entrywise_relation_loss,
+    spectral_relation_loss,
+)
 
 # ---------------------------------------------------------------- correlations
 
@@ -215,7 +219,7 @@ def test_robustness_cli_is_deterministic(smoke_run, tmp_path):
 
 
 def test_analyze_and_report_show_the_theory_checks(smoke_run, tmp_path):
-    from sr2lora.report import build_report
+    from sr2lora.report.build import build_report
 
     assert run_cli("analyze", smoke_run, "--samples", "8", "--device", "cpu", "--out", tmp_path / "a") == 0
     drift = json.loads((smoke_run / "drift.json").read_text())

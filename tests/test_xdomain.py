@@ -194,7 +194,7 @@ def test_missing_assets_name_the_install_command(root, tmp_path, monkeypatch):
 def test_assets_command_renders_what_the_builder_reads(root, tmp_path, monkeypatch, capsys):
     """The dataset builder only reads the clip-art cache; `sr2lora assets` for the preset renders it from
     data.root/openclipart (with its render pool), after which the builder reads it."""
-    from sr2lora.errors import AssetsError
+    from sr2lora.core.errors import AssetsError
 
     monkeypatch.setattr(xd, "PER_CLASS_TRAIN", 4)
     monkeypatch.setattr(xd, "PER_CLASS_TEST", 3)

@@ -21,8 +21,8 @@ from .config import (  # noqa: E402
     parse_overrides,
     preset_names,
 )
-from .errors import Sr2loraError  # noqa: E402
-from .signals import Interrupted  # noqa: E402
+from .core.errors import Sr2loraError  # noqa: E402
+from .core.signals import Interrupted  # noqa: E402
 
 
 class UserError(Sr2loraError):
@@ -30,11 +30,11 @@ class UserError(Sr2loraError):
 
 
 def _train(cfg, run_dir: Path, quiet: bool, resume: bool) -> dict:
-    """Trainer(cfg, run_dir).run() with SIGINT/SIGTERM turned into a clean stop (see sr2lora.signals)."""
-    from .engine import Trainer
-    from .preflight import check_out_outside_data
-    from .run_lock import run_folder_lock
-    from .signals import Interrupted, stop_on_signals
+    """Trainer(cfg, run_dir).run() with SIGINT/SIGTERM turned into a clean stop (see sr2lora.core.signals)."""
+    from .core.signals import Interrupted, stop_on_signals
+    from .runs.lock import run_folder_lock
+    from .train.engine import Trainer
+    from .train.preflight import check_out_outside_data
 
     check_out_outside_data(cfg, run_dir)  # before the lock creates the folder
     try:
@@ -62,8 +62,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         cfg_file = run_dir / "config.yaml"
         if not cfg_file.is_file():
             raise UserError(f"--resume {run_dir}: not a run folder (no config.yaml); start one with `sr2lora run`")
-        from .checkpoint import check_resumable
-        from .run_reuse import ExperimentMismatch, folder_state
+        from .runs.checkpoint import check_resumable
+        from .runs.reuse import ExperimentMismatch, folder_state
 
         planned = load_config(str(cfg_file), args.overrides)  # the saved config; overrides of runtime keys only
         try:
@@ -82,13 +82,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         if not args.preset:
             raise UserError("run: give --preset NAME (see `sr2lora presets`) or --resume RUN_DIR")
         cfg = load_config(args.preset, args.overrides)
-        from .distributed import env_world_size
+        from .core.distributed import env_world_size
 
         if not args.out and env_world_size() > 1:  # each rank would stamp its own default folder
             raise UserError("run: a torchrun run needs --out RUN_DIR (the same folder for every process)")
         out = Path(args.out) if args.out else _default_out(cfg)
-        from .run_lock import check_not_in_use
-        from .run_reuse import folder_state
+        from .runs.lock import check_not_in_use
+        from .runs.reuse import folder_state
 
         check_not_in_use(out)  # a run still writing there is named by its pid
         state = folder_state(out, cfg, hint="choose another --out")
@@ -102,7 +102,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             )
         results = _train(cfg, out, args.quiet, resume=False)
         run_dir = out
-    from .distributed import current
+    from .core.distributed import current
 
     if current().is_main:  # torchrun: one summary, from rank 0
         print(
@@ -152,9 +152,9 @@ def cmd_assets(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    from .core.signals import stop_on_signals
     from .demo import DEMO_METHODS, default_jobs, run_demo
-    from .run_lock import run_folder_lock
-    from .signals import stop_on_signals
+    from .runs.lock import run_folder_lock
 
     methods = tuple(args.methods.split(",")) if args.methods else DEMO_METHODS
     jobs = default_jobs() if args.jobs is None else args.jobs
@@ -174,7 +174,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     import json
 
-    from .predict import format_prediction, predict
+    from .inference.predict import format_prediction, predict
 
     entries = predict(args.run, args.inputs, top_k=args.top_k, task=args.task, batch_size=args.batch_size,
                       device=args.device, progress=not args.quiet)
@@ -193,7 +193,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from .export import export_run
+    from .inference.export import export_run
 
     out = export_run(args.run, args.out, task=args.task, force=args.force)
     print(f"wrote {out} and {out.with_suffix('.json')} (timm model, class names, transform)")
@@ -201,7 +201,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .report import build_report
+    from .report.build import build_report
 
     out = Path(args.out) if args.out else (Path(args.runs[0]) / "report" if len(args.runs) == 1 else Path("report"))
     try:
@@ -228,9 +228,15 @@ def _csv_numbers(text: str | None, kind: type, option: str) -> list | None:
 
 
 def cmd_robustness(args: argparse.Namespace) -> int:
-    from .analysis import find_run_dirs
-    from .checkpoint import write_json_atomic
-    from .robustness import DEFAULT_EPS, RobustnessOptions, plot_robustness, robustness_run, robustness_table
+    from .analysis.drift import find_run_dirs
+    from .analysis.robustness import (
+        DEFAULT_EPS,
+        RobustnessOptions,
+        plot_robustness,
+        robustness_run,
+        robustness_table,
+    )
+    from .runs.checkpoint import write_json_atomic
 
     eps = _csv_numbers(args.eps, float, "--eps")
     opts = RobustnessOptions(task=args.task, batch_size=args.batch_size, draws=args.draws,
@@ -258,10 +264,10 @@ def cmd_robustness(args: argparse.Namespace) -> int:
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
-    from .analysis import find_run_dirs, plot_drift, run_label
-    from .analyze import analyze_or_reuse
-    from .checkpoint import write_json_atomic
-    from .drift_margin import drift_margin_summary, plot_drift_margin
+    from .analysis.drift import find_run_dirs, plot_drift, run_label
+    from .analysis.drift_margin import drift_margin_summary, plot_drift_margin
+    from .analysis.restore import analyze_or_reuse
+    from .runs.checkpoint import write_json_atomic
 
     if args.robustness:
         return cmd_robustness(args)
@@ -292,8 +298,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 def cmd_sweep(args: argparse.Namespace) -> int:
     from contextlib import nullcontext
 
-    from .run_lock import run_folder_lock
-    from .signals import check_interrupt, stop_on_signals
+    from .core.signals import check_interrupt, stop_on_signals
+    from .runs.lock import run_folder_lock
     from .sweep import parse_seeds, run_sweep
 
     out = Path(args.out) if args.out else Path("runs") / f"sweep-{Path(args.preset).stem}"
@@ -421,7 +427,7 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # e.g. `sr2lora presets | head`
         return 0
     except OSError as exc:  # disk full, no permission, read-only: a message, not a traceback
-        from .checkpoint import WRITE_ERRNOS
+        from .runs.checkpoint import WRITE_ERRNOS
 
         if exc.errno not in WRITE_ERRNOS:
             raise

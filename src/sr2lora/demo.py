@@ -3,7 +3,7 @@
 Runs each method on one preset and seed (default ``clipart-10t``: a pre-trained ViT-S/14 on 40 clip-art
 classes in 10 tasks), then prints a side-by-side table and writes a report with figures. A method whose run
 folder already holds a finished run of the same experiment is reused and an unfinished one resumed
-(:mod:`sr2lora.run_reuse`), so an interrupted demo continues where it stopped; a folder holding another
+(:mod:`sr2lora.runs.reuse`), so an interrupted demo continues where it stopped; a folder holding another
 experiment is refused, naming what differs. ``--fresh`` reruns everything (same seed → same accuracies).
 
 With ``jobs`` > 1 the methods run as that many single-thread ``sr2lora run`` processes at once. On small CPUs
@@ -24,9 +24,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .config import load_config
-from .errors import TrainingError
-from .run_reuse import folder_state
-from .signals import check_interrupt
+from .core.errors import TrainingError
+from .core.signals import check_interrupt
+from .runs.reuse import folder_state
 
 DEMO_METHODS = ("sr2lora", "seqlora", "frozen")
 
@@ -124,8 +124,8 @@ def run_demo(
     jobs: int = 1,
 ) -> Path:
     """Run (or reuse) each method's run under ``out/<method>``, print the table, write ``out/report``."""
-    from .engine import Trainer
-    from .report import write_report
+    from .report.build import write_report
+    from .train.engine import Trainer
 
     out = Path(out)
     start = time.perf_counter()

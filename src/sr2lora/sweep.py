@@ -11,9 +11,9 @@ any other item is a fixed override applied to every run:
 The grid is the cartesian product of the axes (in the order given), times ``--seeds`` (innermost). Each run
 goes to ``OUT/<setting>/seed<S>`` where ``<setting>`` is ``key=value`` of the axes joined by ``__`` (``base``
 without axes). Runs are sequential; a folder with a finished run of the same experiment is skipped and one
-with an unfinished run is resumed (:mod:`sr2lora.run_reuse`), so an interrupted sweep (Ctrl-C, SIGTERM: the
+with an unfinished run is resumed (:mod:`sr2lora.runs.reuse`), so an interrupted sweep (Ctrl-C, SIGTERM: the
 run in progress stops cleanly at its last complete task) continues where it stopped when the same command is
-given again. At the end ``OUT/report`` is written with :mod:`sr2lora.report`.
+given again. At the end ``OUT/report`` is written with :mod:`sr2lora.report.build`.
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ from typing import Any
 import yaml
 
 from .config import ConfigError, RunConfig, load_config
-from .run_reuse import folder_state
-from .signals import check_interrupt
+from .core.signals import check_interrupt
+from .runs.reuse import folder_state
 
 
 @dataclass
@@ -43,7 +43,7 @@ class SweepRun:
 
     @property
     def status(self) -> str:
-        """``done``, ``resume`` or ``todo`` (:func:`sr2lora.run_reuse.folder_state`; a folder holding another
+        """``done``, ``resume`` or ``todo`` (:func:`sr2lora.runs.reuse.folder_state`; a folder holding another
         experiment is an OutputError naming what differs)."""
         state = folder_state(self.out, self.cfg, hint="remove it or choose another --out")
         return {"done": "done", "resumable": "resume", "fresh": "todo"}[state]
@@ -171,7 +171,7 @@ def run_sweep(preset: str, items: list[str], out: str | Path, seeds: list[int] |
     Returns {"runs": [...], "failed": [...], "report": path or None}. A run that fails with a TrainingError (a
     diverging setting) is reported and the sweep goes on.
     """
-    from .engine import Trainer, TrainingError
+    from .train.engine import Trainer, TrainingError
 
     out = Path(out)
     runs = plan_sweep(preset, items, out, seeds)
@@ -201,7 +201,7 @@ def run_sweep(preset: str, items: list[str], out: str | Path, seeds: list[int] |
               f"forgetting {res['forgetting']:.2f}", flush=True)
     finished = [r.out for r in runs if (r.out / "results.json").is_file()]
     if report and finished:
-        from .report import build_report
+        from .report.build import build_report
 
         report_dir = out / "report"
         build_report(finished, report_dir)

@@ -3,7 +3,7 @@
 ``sr2lora assets --preset P`` (which ``make assets``, ``make test`` and ``make demo`` run) and the demo, before
 it starts its runs, call :func:`prepare_assets`. Everything else only reads the cache: the backbone loader
 (:mod:`sr2lora.models.imgfocus`) and the dataset builders (:mod:`sr2lora.data.openclipart`, ``xdomain``) raise
-an :class:`~sr2lora.errors.AssetsError` naming this command when what they need is missing. Building lives here
+an :class:`~sr2lora.core.errors.AssetsError` naming this command when what they need is missing. Building lives here
 so that two processes that found the cache empty never each convert the weights or render the images, and so
 that the converters' dependencies (the ``assets`` extra: onnx, cairosvg) are needed by this command only.
 """

@@ -49,10 +49,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..atomic import atomic_open, atomic_path, atomic_write_bytes
-from ..cache import file_sha256
-from ..errors import AssetsError
-from ..extras import require
+from ..core.atomic import atomic_open, atomic_path, atomic_write_bytes
+from ..core.cache import file_sha256
+from ..core.errors import AssetsError
+from ..core.extras import require
 from ..models.imgfocus import (
     IMGFOCUS_TIMM_NAME,
     IMGFOCUS_VITS14_PARAMS,

@@ -54,6 +54,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
+from ..core.errors import DataError
+from ..core.extras import require
 from ..data.openclipart import (
     FORMAT_VERSION,
     INSTALL_HINT,
@@ -68,8 +70,6 @@ from ..data.openclipart import (
     source_fingerprint,
     stratified_split,
 )
-from ..errors import DataError
-from ..extras import require
 
 if TYPE_CHECKING:
     from ..config import DataConfig

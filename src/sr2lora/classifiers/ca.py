@@ -2,7 +2,7 @@
 
 The class statistics (mean, Cholesky factor of the shrunk covariance) of each new class are computed with the
 model after its task and never recomputed; after every task t ≥ 1 all heads are re-trained on samples of the
-class Gaussians (:func:`sr2lora.alignment.align_classifier`). The heads themselves predict, so this classifier's
+class Gaussians (:func:`sr2lora.classifiers.gaussians.align_classifier`). The heads themselves predict, so this classifier's
 checkpoint state is just the statistics.
 """
 
@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from ..alignment import ClassGaussians, align_classifier
 from .base import Classifier, register_classifier
+from .gaussians import ClassGaussians, align_classifier
 
 if TYPE_CHECKING:
     from ..models.heads import TaskHeads

@@ -9,7 +9,7 @@ PIL's ``convert("RGB")`` clips the integer modes (``I;16``, ``I``) and the float
   when they fit 0..65535;
 * float images in [0, 1] are scaled by 255, float images in [0, 255] kept;
 * anything else (negative values, floats beyond 255, 32-bit values beyond 65535) has no range we can know:
-  refused by name (:class:`~sr2lora.errors.DataError`) with what to do.
+  refused by name (:class:`~sr2lora.core.errors.DataError`) with what to do.
 
 Only regular files are opened: a FIFO, socket or device named ``x.png`` would block or read forever.
 """
@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..errors import DataError
+from ..core.errors import DataError
 
 WIDE_MODES = ("I", "F")
 

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 
 from PIL import Image
 
-from ..cache import cache_dir
+from ..core.cache import cache_dir
 from .base import DataError, DatasetBundle, FileImages
 from .decode import WIDE_MODES, not_regular, to_rgb8
 from .registry import register_dataset
@@ -48,7 +48,7 @@ _NUMBERED = re.compile(r"^\d+\.(.+)$")
 
 # ----------------------------------------------------------------------------------------------- locations
 def cache_root() -> Path:
-    """Where sr2lora keeps downloaded side files (see :func:`sr2lora.cache.cache_dir`)."""
+    """Where sr2lora keeps downloaded side files (see :func:`sr2lora.core.cache.cache_dir`)."""
     return cache_dir(create=False)
 
 

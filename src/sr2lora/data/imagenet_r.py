@@ -12,7 +12,7 @@ Split, first match wins:
 4. The lists in the cache ``<cache_root>/splits/imagenet-r/``, downloaded there on first use (a few MB of text,
    never images) from :data:`SPLIT_SOURCES`. The download has a short timeout and an overall deadline, so
    without network it fails within seconds with a message naming the options; offline (``SR2LORA_OFFLINE=1``
-   or ``HF_HUB_OFFLINE=1``, see :mod:`sr2lora.offline`) it is skipped.
+   or ``HF_HUB_OFFLINE=1``, see :mod:`sr2lora.core.offline`) it is skipped.
 
 The lists are the ones CODA-Prompt sampled once (random.seed(0), 80/20) and InfLoRA, Mammoth and most
 prompt/LoRA continual-learning papers reuse. Format (YAML)::
@@ -43,9 +43,9 @@ import time
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
-from ..atomic import atomic_write_bytes, atomic_write_text
-from ..cache import file_sha256
-from ..offline import is_offline, offline_reason
+from ..core.atomic import atomic_write_bytes, atomic_write_text
+from ..core.cache import file_sha256
+from ..core.offline import is_offline, offline_reason
 from .base import DataError, DatasetBundle, FileImages
 from .folders import (
     PRESPLIT_LAYOUT,

@@ -12,7 +12,7 @@ access.
 This module reads the rendered cache; :mod:`sr2lora.assets.openclipart` builds it (``sr2lora assets --preset
 clipart-10t``, which ``make assets``, ``make test`` and ``make demo`` run) and documents how the classes were
 chosen, how drawings are de-duplicated and repaired and how they are rendered. A missing or stale cache is an
-:class:`~sr2lora.errors.AssetsError` naming that command; the dataset builder never renders.
+:class:`~sr2lora.core.errors.AssetsError` naming that command; the dataset builder never renders.
 
 Split (:func:`stratified_split`): no official split exists, so each class is split by a seeded permutation
 that orders its drawings by ``sha256("<seed>:<md5>")``; the first ``round(test_fraction * n)`` (at least 1, at
@@ -38,8 +38,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..cache import cache_dir
-from ..errors import AssetsError
+from ..core.cache import cache_dir
+from ..core.errors import AssetsError
 from .base import ArrayImages, DataError, DatasetBundle
 from .registry import register_dataset
 from .splits import content_hash_order

@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
-from ..cache import file_sha256
+from ..core.cache import file_sha256
 from .base import ArrayImages, DataError, DatasetBundle, LabeledImages
 from .openclipart import CURATED_CLASSES, class_name, load_openclipart
 from .registry import register_dataset

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 import torch
 
-from ..errors import ConfigError
+from ..core.errors import ConfigError
 
 if TYPE_CHECKING:
     from ..models.backbone import CILModel, ForwardOut
@@ -159,7 +159,7 @@ class RelationOptions:
 
     def __post_init__(self) -> None:
         """Options validate themselves, so a config is checked without building the method."""
-        from ..losses import RELATION_NORMS
+        from .losses import RELATION_NORMS
 
         if self.relation_norm not in RELATION_NORMS:
             raise ConfigError(
@@ -179,7 +179,7 @@ class LayerRegularizer(Method):
     Options: ClassVar[type] = RelationOptions
     needs_old: ClassVar[bool] = True
     needs_layers: ClassVar[bool] = True
-    # a loss of sr2lora.losses' signature (new, old, relation_norm=, beta=); set with staticmethod(...)
+    # a loss of sr2lora.methods.losses' signature (new, old, relation_norm=, beta=); set with staticmethod(...)
     relation_loss: ClassVar[Callable[..., torch.Tensor] | None] = None
 
     def __init__(self, options: Any, weight: float = 1.0) -> None:

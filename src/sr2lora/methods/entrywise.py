@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from ..losses import entrywise_relation_loss
 from .base import LayerRegularizer, register_method
+from .losses import entrywise_relation_loss
 
 
 @register_method

@@ -7,8 +7,8 @@ from typing import Any, ClassVar
 
 import torch
 
-from ..losses import feature_distill_loss
 from .base import LayerRegularizer, register_method
+from .losses import feature_distill_loss
 
 
 @dataclass

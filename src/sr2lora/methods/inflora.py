@@ -50,7 +50,7 @@ from typing import ClassVar
 
 import torch
 
-from ..errors import ConfigError
+from ..core.errors import ConfigError
 from .base import Method, TaskContext, register_method
 
 

@@ -17,8 +17,8 @@ import timm
 import torch
 from torch import nn
 
-from ..errors import WeightsError
-from ..offline import is_offline, offline_reason
+from ..core.errors import WeightsError
+from ..core.offline import is_offline, offline_reason
 from .fastpath import block_forward, supports
 from .heads import TaskHeads
 from .lora import LoRAQKV

@@ -5,7 +5,7 @@ locates that wheel's ONNX file and converts it, once, into
 ``<cache>/imgfocus/vit_small_patch14_dinov2.imgfocus.safetensors`` with a ``.json`` info file beside it
 (``sr2lora assets --preset clipart-10t``, which ``make assets``, ``make test`` and ``make demo`` run). This module
 only reads that file: :func:`converted_weights` verifies it (the sha256 recorded in the info file, every tensor
-shape against timm's ``VisionTransformer``, the parameter count) and raises :class:`~sr2lora.errors.AssetsError`
+shape against timm's ``VisionTransformer``, the parameter count) and raises :class:`~sr2lora.core.errors.AssetsError`
 naming the command to run when it is missing or damaged; :func:`create_imgfocus_vit` builds timm's
 ``vit_small_patch14_dinov2`` from it.
 
@@ -33,8 +33,8 @@ from typing import Any
 
 import torch
 
-from ..cache import cache_dir, file_sha256
-from ..errors import AssetsError
+from ..core.cache import cache_dir, file_sha256
+from ..core.errors import AssetsError
 
 __all__ = [
     "BUILD_COMMAND",

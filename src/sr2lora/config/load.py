@@ -1,0 +1,285 @@
+"""Loading a run configuration: YAML presets (``yaml.safe_load``), the ``base`` chain, dotted overrides.
+
+Presets are YAML files in ``sr2lora/config/presets``; a preset may name a ``base`` preset it extends.
+Command-line overrides are ``key=value`` pairs with dotted keys (``train.epochs=5``), values parsed as YAML
+scalars/lists. Every value is typed by :mod:`sr2lora.config.schema` and checked by :mod:`sr2lora.config.checks`
+before any work starts, with errors that name the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+from importlib import resources
+from pathlib import Path
+from typing import Any, Union, get_args, get_origin, get_type_hints
+
+import yaml
+
+from ..core.atomic import atomic_write_text
+from ..core.errors import ConfigError
+from .checks import check_yaml_size, validate
+from .schema import MethodConfig, RunConfig
+
+_SECTIONS = {f.name: f for f in dataclasses.fields(RunConfig)}
+
+
+# ---------------------------------------------------------------- presets
+
+
+def preset_dir() -> Path:
+    return Path(str(resources.files("sr2lora.config") / "presets"))
+
+
+def preset_names() -> list[str]:
+    """Shipped preset names (files starting with `_` are shared bases), numbers sorted numerically."""
+    import re
+
+    def key(name: str) -> list:
+        return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+
+    return sorted((p.stem for p in preset_dir().glob("*.yaml") if not p.stem.startswith("_")), key=key)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = yaml.safe_load(fh)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    check_yaml_size(data, str(path))  # before anything copies or prints it: aliases can expand exponentially
+    return data
+
+
+def load_preset_dict(name_or_path: str, _seen: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Read a preset (by name or YAML path) and the chain of ``base`` presets it extends, merged."""
+    path = Path(name_or_path)
+    if not (path.suffix in (".yaml", ".yml") and path.exists()):
+        path = preset_dir() / f"{name_or_path}.yaml"
+        if not path.exists():
+            hint = difflib.get_close_matches(name_or_path, preset_names(), n=3)
+            extra = f"; did you mean {', '.join(hint)}?" if hint else ""
+            raise ConfigError(
+                f"--preset: no preset named {name_or_path!r}{extra} (`sr2lora presets` lists them; a path to a "
+                f".yaml file also works)"
+            )
+    if str(path) in _seen:
+        raise ConfigError(f"{path}: `base` presets form a cycle: {' -> '.join(_seen)}")
+    data = _read_yaml(path)
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    merged = load_preset_dict(_base_path(path, base), _seen + (str(path),))
+    _deep_update(merged, data)
+    return merged
+
+
+def _base_path(preset: Path, base: Any) -> str:
+    """A preset's ``base``: a shipped preset name, or a YAML path relative to the preset's own folder."""
+    if not isinstance(base, str) or not base:
+        raise ConfigError(f"{preset}: base: expected a preset name or a .yaml path, got {base!r}")
+    if Path(base).suffix in (".yaml", ".yml"):
+        candidate = Path(base).expanduser()
+        if not candidate.is_absolute():
+            candidate = preset.parent / candidate
+        if not candidate.is_file():
+            raise ConfigError(f"{preset}: base: {base} not found (looked for {candidate}; a relative base is read "
+                              f"from the folder of the preset that names it)")
+        return str(candidate)
+    if not (preset_dir() / f"{base}.yaml").is_file():
+        hint = difflib.get_close_matches(base, preset_names(), n=3)
+        extra = f"; did you mean {', '.join(hint)}?" if hint else ""
+        raise ConfigError(f"{preset}: base: no preset named {base!r}{extra} (`sr2lora presets` lists them)")
+    return base
+
+
+def _deep_update(dst: dict[str, Any], src: dict[str, Any], merge_all: bool = False) -> None:
+    """Merge ``src`` into ``dst``; a ``timm_kwargs`` mapping replaces the one below unless ``merge_all`` (a dotted
+    override such as ``model.timm_kwargs.depth=2`` changes one keyword and keeps the others)."""
+    for k, v in src.items():
+        if isinstance(v, dict) and isinstance(dst.get(k), dict) and (merge_all or k not in ("timm_kwargs",)):
+            _deep_update(dst[k], v, merge_all)
+        else:
+            dst[k] = v
+
+
+# ---------------------------------------------------------------- overrides
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """Turn ``["a.b=1", "c=[x, y]"]`` into a nested dict; values are YAML scalars or lists."""
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected key=value (for example train.epochs=5)")
+        key, raw = item.split("=", 1)
+        key = key.strip()
+        if not key or any(not part for part in key.split(".")):
+            raise ConfigError(f"override {item!r}: empty key")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() != "" else ""
+        except yaml.YAMLError:
+            value = raw
+        check_yaml_size(value, f"override {key}")
+        node = out
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {part} is both a value and a section")
+        node[parts[-1]] = value
+    return out
+
+
+# ---------------------------------------------------------------- building and validation
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp)).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check/convert ``value`` to the annotated type ``tp``; raise ConfigError naming ``key``."""
+    if tp is Any:
+        return value
+    origin = get_origin(tp)
+    if origin is Union or str(origin) == "<class 'types.UnionType'>":
+        args = get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, key)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if errors else f"{key}: invalid value {value!r}")
+    if origin is list:
+        if isinstance(value, tuple):
+            value = list(value)
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        (inner,) = get_args(tp) or (Any,)
+        return [_coerce(v, inner, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads exponents without a dot (5e-4) as strings
+            try:
+                value = float(value)
+            except ValueError:
+                raise ConfigError(f"{key}: expected a number, got {value!r}") from None
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{key}: expected a finite number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                return str(value)
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    return value
+
+
+def _unknown_key(key: str, valid: list[str]) -> ConfigError:
+    leaf = key.rsplit(".", 1)[-1]
+    hint = difflib.get_close_matches(leaf, valid, n=1)
+    prefix = key.rsplit(".", 1)[0] + "." if "." in key else ""
+    extra = f"; did you mean {prefix}{hint[0]}?" if hint else ""
+    return ConfigError(f"unknown config key {key!r}{extra} (valid: {', '.join(sorted(valid)) or 'none'})")
+
+
+def _build_section(cls: type, data: dict[str, Any], prefix: str) -> Any:
+    hints = get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for k, v in data.items():
+        if k not in names:
+            raise _unknown_key(f"{prefix}{k}", names)
+        kwargs[k] = _coerce(v, hints[k], f"{prefix}{k}")
+    return cls(**kwargs)
+
+
+def build_config(data: dict[str, Any]) -> RunConfig:
+    """Build and validate a RunConfig from a nested dict (preset merged with overrides)."""
+    from ..methods import get_method_class  # methods declare their own options
+
+    data = dict(data)
+    kwargs: dict[str, Any] = {}
+    hints = get_type_hints(RunConfig)
+    for k, v in data.items():
+        if k not in _SECTIONS:
+            raise _unknown_key(k, list(_SECTIONS))
+        tp = hints[k]
+        if dataclasses.is_dataclass(tp):
+            if v is None:
+                v = {}
+            if not isinstance(v, dict):
+                raise ConfigError(f"{k}: expected a section (mapping), got {v!r}")
+            if tp is MethodConfig:
+                continue
+            kwargs[k] = _build_section(tp, v, f"{k}.")
+        else:
+            kwargs[k] = _coerce(v, tp, k)
+    # The method section: name and weight are common, the rest is validated against the method's options.
+    mdata = dict(data.get("method") or {})
+    name = _coerce(mdata.pop("name", MethodConfig.name), str, "method.name")
+    weight = _coerce(mdata.pop("weight", MethodConfig.weight), float, "method.weight")
+    mdata.update(mdata.pop("options", {}) or {})
+    method_cls = get_method_class(name)
+    opt_cls = method_cls.Options
+    try:
+        options = _build_section(opt_cls, mdata, "method.")
+    except ConfigError as exc:  # name the method: in a sweep over method.name an option may fit only some
+        raise ConfigError(f"method.name={name}: {exc}") from exc
+    kwargs["method"] = MethodConfig(name=name, weight=weight, options=dataclasses.asdict(options))
+    cfg = RunConfig(**kwargs)
+    validate(cfg)
+    if cfg.classifier.kind == "auto":  # the saved config (and the report) name the classifier that ran
+        cfg.classifier.kind = getattr(method_cls, "default_classifier", "ca")
+    return cfg
+
+
+def load_config(preset: str | None, overrides: list[str] | dict[str, Any] | None = None) -> RunConfig:
+    """Preset (name or path; None = defaults) + overrides → a validated RunConfig."""
+    data = load_preset_dict(preset) if preset else {}
+    if isinstance(overrides, list):
+        parse_overrides(overrides)  # every item well-formed first
+        for item in overrides:  # in order; a dotted key into a mapping merges into it
+            key = item.split("=", 1)[0].strip()
+            _deep_update(data, parse_overrides([item]), merge_all="timm_kwargs" in key.split(".")[:-1])
+    else:
+        _deep_update(data, overrides or {})
+    cfg = build_config(data)
+    if preset and cfg.preset is None:
+        cfg.preset = Path(preset).stem
+    return cfg
+
+
+def dump_config(cfg: RunConfig, path: Path) -> None:
+    """Write the fully resolved config as YAML (loadable again with `--preset path`)."""
+    # atomic: config.yaml marks a run folder, so a half-written one must never exist
+    atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))

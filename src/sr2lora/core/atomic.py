@@ -1,0 +1,108 @@
+"""Atomic file writes: a reader (or a crash) sees the old file or the new one, never half of one.
+
+Every write goes to a temporary file in the target's folder (same file system, so the final ``os.replace`` is
+an atomic rename), is flushed and fsynced, and is renamed onto the target; if anything fails before the
+rename the temporary file is removed and the target is untouched. The temporary file is created with
+``O_CREAT | O_EXCL`` and mode 0o666, so the kernel applies the umask and the result has the permissions an
+ordinary ``open(path, "w")`` would give (``tempfile.mkstemp`` would make it private, 0o600). Its name
+``.<name>.tmp-<random><suffix>`` keeps the target's suffix, for writers that look at it (``numpy.save`` adds
+``.npy`` to other names, matplotlib picks the format from it).
+
+- :func:`atomic_write_bytes`, :func:`atomic_write_text`, :func:`atomic_write_json` for data in memory;
+- :func:`atomic_open` for writers that want a file object (``csv``, ``json.dump``);
+- :func:`atomic_path` for writers that want a path (``safetensors.torch.save_file``, ``numpy.save``,
+  ``onnx.save``, ``savefig``).
+
+Replacing a whole folder (the checkpoint) is a different protocol; see :mod:`sr2lora.runs.checkpoint`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any
+
+
+def _new_temp(path: Path) -> tuple[int, Path]:
+    """Create an empty, unique temporary file beside ``path``; (open fd, its path)."""
+    for _ in range(100):
+        tmp = path.with_name(f".{path.name}.tmp-{secrets.token_hex(4)}{path.suffix}")
+        try:
+            return os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"{path.parent}: could not create a unique temporary file for {path.name}")
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def atomic_path(path: str | Path, *, fsync: bool = True) -> Iterator[Path]:
+    """Yield a temporary path beside ``path`` for a writer to fill; on a clean exit it replaces ``path``.
+
+    The temporary file exists (empty) when the block starts; the writer may overwrite or recreate it. When
+    the block raises, the file is removed and ``path`` keeps its old content (or stays absent).
+    """
+    path = Path(path)
+    fd, tmp = _new_temp(path)
+    os.close(fd)
+    try:
+        yield tmp
+        if fsync:
+            _fsync_file(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+@contextmanager
+def atomic_open(
+    path: str | Path, mode: str = "w", *, encoding: str | None = "utf-8", newline: str | None = None,
+    fsync: bool = True,
+) -> Iterator[IO[Any]]:
+    """``open(path, mode)`` for writing (``"w"`` or ``"wb"``) that only replaces ``path`` when the block succeeds."""
+    if mode not in ("w", "wb"):
+        raise ValueError(f"atomic_open: mode must be 'w' or 'wb', got {mode!r}")
+    path = Path(path)
+    fd, tmp = _new_temp(path)
+    try:
+        binary = mode == "wb"
+        with os.fdopen(fd, mode, encoding=None if binary else encoding, newline=None if binary else newline) as fh:
+            yield fh
+            fh.flush()
+            if fsync:
+                os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_bytes(path: str | Path, data: bytes, *, fsync: bool = True) -> None:
+    """Replace ``path`` with ``data`` atomically."""
+    with atomic_open(path, "wb", fsync=fsync) as fh:
+        fh.write(data)
+
+
+def atomic_write_text(path: str | Path, text: str, *, encoding: str = "utf-8", fsync: bool = True) -> None:
+    """Replace ``path`` with ``text`` (``encoding``, newlines written as given) atomically."""
+    with atomic_open(path, "w", encoding=encoding, newline="", fsync=fsync) as fh:
+        fh.write(text)
+
+
+def atomic_write_json(path: str | Path, data: Any, *, indent: int | None = 2, fsync: bool = True) -> None:
+    """Replace ``path`` with ``data`` as JSON (UTF-8, ``allow_nan=False``: NaN is not JSON) atomically.
+
+    The text is built before the temporary file is created, so data that cannot be written leaves nothing."""
+    atomic_write_text(path, json.dumps(data, indent=indent, allow_nan=False), fsync=fsync)

@@ -1,0 +1,269 @@
+"""Use a finished run: load it as one model over all learned classes, or export it as one plain timm model.
+
+A run folder holds no backbone weights, only the LoRA factors and heads (``checkpoint/model.safetensors``), so
+:func:`load_run` rebuilds the backbone exactly as the engine did (:func:`sr2lora.runs.folder.load_model`): ``create_vit``
+from the saved ``config.yaml`` under the run's backbone seed. For ``model.pretrained=false`` (the smoke
+preset) that seeded random init is the backbone; for pre-trained backbones it is the weights file or timm's
+hub cache (``imgfocus-vits14``: the cached converted weights). The ``backbone_sha256`` the engine stores in
+the checkpoint is checked, so a backbone rebuilt differently (another torch/timm version, changed weights) is an
+error, not silently wrong predictions.
+
+:func:`export_run` folds every LoRA pair into its qkv weight (W + Σ_s B_s A_s, in float64, cast back) and
+stacks the heads into one ``head`` Linear: the result is the state dict of the same timm architecture with
+``num_classes`` = the learned classes, loadable without sr2lora (see the JSON sidecar's ``load`` entry).
+
+Both compute in float32, as the run's own evaluation did whatever ``train.precision`` it trained in
+(:data:`sr2lora.core.hardware.EVAL_PRECISION`), so on the same machine they give exactly the accuracies the run
+reported. Runs written before that policy and trained in bf16 (``eval_precision`` absent or not ``fp32`` in
+results.json) evaluated in bf16 and can differ from these models by a few images.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..config import RunConfig
+from ..core.atomic import atomic_path
+from ..core.hardware import float32_evaluation
+from ..models.state import plain_backbone_state
+from ..runs.checkpoint import CheckpointError, write_json_atomic
+from ..runs.folder import load_classifier, load_model, method_class, read_run, run_transforms
+
+EXPORT_FORMAT = "sr2lora-export/1"
+
+
+class RunModel(nn.Module):
+    """A batch of transformed images (B, 3, H, W) → logits (B, C) over the classes learned up to its task.
+
+    ``head`` is the run's classifier as after that task (:meth:`sr2lora.classifiers.Classifier.head`): the
+    per-task heads for ``ca``, the cosine or ridge head otherwise; None = the concatenated heads.
+    """
+
+    def __init__(self, cil: nn.Module, lora_tasks: int, head: nn.Module | None = None) -> None:
+        super().__init__()
+        self.cil = cil
+        self.lora_tasks = lora_tasks
+        self.head = head
+
+    @property
+    def num_classes(self) -> int:
+        return sum(self.cil.heads.sizes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with float32_evaluation(x.device):  # as the run's own evaluation (sr2lora.core.hardware.EVAL_PRECISION)
+            if self.head is None:
+                return self.cil(x, tasks=self.lora_tasks, heads=len(self.cil.heads)).logits
+            return self.head(self.cil(x, tasks=self.lora_tasks, logits=False).feature)
+
+
+@dataclass
+class LoadedRun:
+    """A finished run ready for inference: ``transform(PIL image)`` → tensor, ``model(batch)`` → logits."""
+
+    model: RunModel  # eval mode; logits in label order (= class_names)
+    class_names: list[str]  # label order: results.json class_names, up to the loaded task
+    transform: Callable[[Any], torch.Tensor]  # the run's test transform (PIL image → (3, S, S))
+    transform_spec: dict[str, Any]  # JSON description of ``transform`` (resize, crop, mean/std)
+    config: RunConfig
+    results: dict[str, Any]
+    run_dir: Path
+    task: int  # 0-based: the model is the run's model as after this task
+    num_tasks: int
+
+
+def load_run(run_dir: str | Path, task: int | None = None, device: str | torch.device = "cpu") -> LoadedRun:
+    """Load a finished run as one model over all its classes (``task=t``: the model as after task t, 0-based).
+
+    The backbone is rebuilt from the saved config (no network when its weights are local or cached) and checked
+    against the checkpoint's hash; LoRA branches 0..t are folded into the qkv weights. ``task=t`` before the
+    last task needs the per-task head snapshots (classifier alignment rewrites old heads after every task);
+    runs trained before they were saved can only load their final model. Reads the run folder through
+    :mod:`sr2lora.runs.folder`: no dataset, no file written.
+    """
+    from ..data.transforms import transform_spec
+    from ..train.engine import resolve_device
+    from ..train.evaluation import lora_tasks
+
+    run_dir = Path(run_dir)
+    run = read_run(run_dir, finished=True)
+    cfg, results = run.config, run.results
+    num_tasks = int(results["num_tasks"])
+    cil = load_model(run, task, "cpu")
+    t = run.task if task is None else int(task)  # load_model checked the range
+    offsets = [int(o) for o in results["task_offsets"]]
+    classifier = load_classifier(run, cil.embed_dim, offsets)
+    head = None if classifier.uses_heads else classifier.head(cil.heads, t)
+    uses_lora = method_class(run).uses_lora
+    model = RunModel(cil, lora_tasks(uses_lora, t), head).eval().to(resolve_device(str(device)))
+
+    d = cfg.data
+    mean_std, _, test_tf = run_transforms(cfg, cil.vit)
+    return LoadedRun(
+        model=model,
+        class_names=list(results["class_names"][: offsets[t + 1]]),
+        transform=test_tf,
+        transform_spec=transform_spec(d.image_size, d.resize_ratio, mean_std),
+        config=cfg,
+        results=results,
+        run_dir=run_dir,
+        task=t,
+        num_tasks=num_tasks,
+    )
+
+
+def timm_architecture(cfg: RunConfig) -> tuple[str, dict[str, Any]]:
+    """(timm model name, ``timm.create_model`` kwargs without ``num_classes``) of the run's backbone."""
+    from ..models.backbone import IMGFOCUS_BACKBONE
+
+    kwargs: dict[str, Any] = {"img_size": cfg.data.image_size, **cfg.model.timm_kwargs}
+    if cfg.model.backbone == IMGFOCUS_BACKBONE:
+        from ..models.imgfocus import IMGFOCUS_TIMM_NAME
+
+        kwargs.pop("pos_embed_antialias", None)  # a load-time option of sr2lora, not a timm kwarg
+        return IMGFOCUS_TIMM_NAME, kwargs
+    return cfg.model.backbone, kwargs
+
+
+@torch.no_grad()
+def folded_state_dict(run: LoadedRun) -> dict[str, torch.Tensor]:
+    """The timm state dict of the loaded model: LoRA folded into ``blocks.i.attn.qkv.weight``, one ``head``."""
+    from ..models.lora import LoRAQKV
+
+    vit = run.model.cil.vit
+    state = {k: v.detach().cpu().clone() for k, v in plain_backbone_state(vit).items()}
+    for name, module in vit.named_modules():
+        if isinstance(module, LoRAQKV) and module.num_tasks:
+            w = module.base.weight.detach().to(torch.float64).clone()
+            for s in range(module.num_tasks):
+                w += module.task_delta(s).detach().to(torch.float64)
+            state[f"{name}.weight"] = w.to(module.base.weight.dtype).cpu()
+    weight, bias, _, _ = export_head(run)
+    state["head.weight"] = weight.detach().cpu().clone()
+    state["head.bias"] = bias.detach().cpu().clone()
+    return {k: v.contiguous() for k, v in state.items()}
+
+
+@torch.no_grad()
+def export_head(run: LoadedRun) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor], dict[str, Any]]:
+    """(timm ``head`` weight, bias, tensors applied after it, sidecar description) of the run's classifier.
+
+    * ``ca``: the concatenated aligned heads; the model's output are the logits.
+    * ``ncm``: the L2-normalised class means as weights, no bias: output ‖f‖·cos(f, μ_c) for the pre-logits
+      feature f, which has the same argmax as the cosines (divide by ‖f‖ to get them).
+    * ``ridge``: the random projection Wᵀ (M × d) as the head, so the model outputs f W; the ridge weights β
+      (C × M) go to ``<out>.ridge.safetensors``: logits = ReLU(model(x)) βᵀ. Without a projection
+      (``classifier.rp_dim=0``) β is itself the head.
+    """
+    from ..classifiers.ncm import CosineHead
+    from ..classifiers.ridge import RidgeHead
+
+    head = run.model.head
+    if isinstance(head, CosineHead):
+        w = head.weight
+        return w, torch.zeros(w.shape[0]), {}, {
+            "kind": "ncm", "logits": "model(x) = |f| * cos(f, class mean): its argmax is the prediction; divide "
+            "by |f| (forward_head(..., pre_logits=True)) for the cosines"}
+    if isinstance(head, RidgeHead):
+        if not head.has_projection:
+            w = head.weight
+            return w, torch.zeros(w.shape[0]), {}, {"kind": "ridge", "logits": "model(x)"}
+        w = head.projection.T.contiguous()
+        return w, torch.zeros(w.shape[0]), {"weight": head.weight.contiguous()}, {
+            "kind": "ridge", "random_features": int(w.shape[0]),
+            "logits": "relu(model(x)) @ weight.T with weight (classes x random_features) from the file"}
+    weight, bias = run.model.cil.heads.concatenated()
+    return weight, bias, {}, {"kind": "ca", "logits": "model(x)"}
+
+
+def _check_timm_keys(tag: str, kwargs: dict[str, Any], num_classes: int, state: dict[str, torch.Tensor]) -> None:
+    import timm
+
+    with torch.device("meta"):
+        ref = timm.create_model(tag, pretrained=False, num_classes=num_classes, **kwargs).state_dict()
+    want = {k: tuple(v.shape) for k, v in ref.items()}
+    have = {k: tuple(v.shape) for k, v in state.items()}
+    if want != have:
+        diff = sorted(set(want) ^ set(have)) or [k for k in want if want[k] != have[k]]
+        raise RuntimeError(f"exported state does not match timm {tag}: {diff[:5]}")
+
+
+def export_run(run_dir: str | Path, out_file: str | Path, task: int | None = None, force: bool = False) -> Path:
+    """Write the run as one plain timm model (``out_file``, safetensors) plus ``<out>.json`` describing it.
+
+    The JSON sidecar holds what is needed without sr2lora: timm name and kwargs, how to load the file, input
+    size, the test transform, class names, and the run's accuracies. Returns the path of the weights file.
+    Existing files are replaced only with ``force`` (``--force``); otherwise nothing is written.
+    """
+    from safetensors.torch import save_file
+
+    from .. import __version__
+
+    out = Path(out_file)
+    if out.suffix != ".safetensors":
+        raise CheckpointError(f"--out {out}: the exported file must end in .safetensors")
+    run = load_run(run_dir, task=task)
+    cfg, results = run.config, run.results
+    tag, kwargs = timm_architecture(cfg)
+    state = folded_state_dict(run)
+    num_classes = len(run.class_names)
+    head_out = int(state["head.weight"].shape[0])  # = num_classes, except the ridge head's random features
+    _check_timm_keys(tag, kwargs, head_out, state)
+    _, _, after, how = export_head(run)
+    existing = [p for p in (out, out.with_suffix(".json"), out.with_suffix(".ridge.safetensors")) if p.exists()]
+    if existing and not force:
+        raise CheckpointError(
+            f"--out {out}: {', '.join(str(p) for p in existing)} already exist(s); nothing was written. Choose "
+            f"another --out or add --force to replace them"
+        )
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out) as tmp:
+        save_file(state, str(tmp), metadata={"format": "pt", "producer": f"sr2lora {__version__}"})
+    if after:  # what the classifier applies after the timm model's output (the ridge weights)
+        how["file"] = out.with_suffix(".ridge.safetensors").name
+        with atomic_path(out.with_suffix(".ridge.safetensors")) as tmp:
+            save_file(after, str(tmp))
+
+    import timm
+
+    t, size = run.task, cfg.data.image_size
+    sidecar = {
+        "format": EXPORT_FORMAT,
+        "weights": out.name,
+        "timm_model": tag,
+        "timm_kwargs": kwargs,
+        "num_classes": num_classes,
+        "load": {  # timm.create_model(timm_model, **load, **timm_kwargs); num_classes in the overlay keeps the head
+            "pretrained": True,
+            "num_classes": head_out,
+            "pretrained_cfg_overlay": {"file": out.name, "num_classes": head_out},
+        },
+        "classifier": how,  # how the model's output becomes the logits (sr2lora.inference.export.export_head)
+        "input_size": [3, size, size],
+        "precision": "fp32",  # the model computes in float32, as the run's evaluation did
+        "train_precision": results.get("precision"),
+        "transform": run.transform_spec,
+        "class_names": run.class_names,
+        "task": t,
+        "num_tasks": run.num_tasks,
+        "task_offsets": results["task_offsets"][: t + 2],
+        "source_run": str(Path(run_dir).resolve()),
+        "method": cfg.method.name,
+        "backbone": cfg.model.backbone,
+        "eval_split": results.get("eval_split"),
+        "accuracy": {
+            "final_acc": results.get("final_acc"),
+            "avg_acc": results.get("avg_acc"),
+            "accuracy_matrix": results.get("accuracy_matrix"),
+            "acc_after_task": (results.get("acc_curve") or [None] * (t + 1))[t],
+        },
+        "versions": {"sr2lora": __version__, "torch": torch.__version__, "timm": timm.__version__},
+    }
+    write_json_atomic(out.with_suffix(".json"), sidecar)
+    return out

@@ -1,0 +1,114 @@
+"""Loggers the trainer calls at named points of a run: small classes with one job each.
+
+The trainer calls ``on_epoch(row, step)`` after every epoch (a ``metrics.csv`` row: task, epoch, lr, steps and
+mean losses), ``on_task(trainer, t)`` after every task (accuracies are in ``trainer.tracker``) and ``close()``
+at the end. A logger never stops a run: one that fails warns once and turns itself off. The drift tracker
+(:class:`sr2lora.analysis.drift.DriftLog`) is one more logger of this kind.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import warnings
+from pathlib import Path
+from typing import Any
+
+from ..core.atomic import atomic_open
+
+
+class Callback:
+    """Base: every hook does nothing."""
+
+    def on_epoch(self, row: dict[str, Any], step: int) -> None:
+        """After an epoch: its ``metrics.csv`` row and the global epoch index."""
+
+    def on_task(self, trainer: Any, t: int) -> None:
+        """After task ``t`` has been trained, aligned, evaluated and checkpointed."""
+
+    def close(self) -> None:
+        """At the end of the run (also after an error)."""
+
+
+class CSVLog(Callback):
+    """``RUN/metrics.csv``: one row per epoch (rewritten whole after each task, so it always parses)."""
+
+    def __init__(self, path: str | Path, rows: list[dict[str, Any]]) -> None:
+        self.path = Path(path)
+        self.rows = rows  # the trainer's list (restored on resume), shared
+
+    def on_task(self, trainer: Any, t: int) -> None:
+        if not self.rows:
+            return
+        with atomic_open(self.path, "w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=list(self.rows[0]))
+            w.writeheader()
+            w.writerows(self.rows)
+
+
+class TensorBoardLog(Callback):
+    """Scalars for TensorBoard in ``log_dir``; any failure warns once and turns the log off (a run never dies of it).
+
+    Per epoch: the losses and learning rate at the global epoch index; per task: the accuracy on seen classes and
+    each task's accuracy after task t (x = tasks learned).
+    """
+
+    def __init__(self, log_dir: str | Path) -> None:
+        self.writer: Any = None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(log_dir))
+        except ImportError as exc:  # tensorboard missing: keep training, and say which extra installs it
+            from ..core.extras import install_hint
+
+            self._fail(ImportError(f"{exc} (install it with `{install_hint('report')}`)"))
+        except Exception as exc:  # the folder unwritable: keep training
+            self._fail(exc)
+
+    def _fail(self, exc: BaseException) -> None:
+        warnings.warn(f"TensorBoard logging disabled: {type(exc).__name__}: {exc}", stacklevel=3)
+        writer, self.writer = self.writer, None
+        if writer is not None:
+            try:
+                writer.close()
+            except Exception:
+                pass
+
+    def on_epoch(self, row: dict[str, Any], step: int) -> None:
+        if self.writer is None:
+            return
+        try:
+            for key in ("loss", "ce", "reg", "lr"):
+                if key in row:
+                    self.writer.add_scalar(f"train/{key}", float(row[key]), step)
+            self.writer.add_scalar("train/task", int(row.get("task", 0)) + 1, step)
+            self.writer.flush()
+        except Exception as exc:
+            self._fail(exc)
+
+    def on_task(self, trainer: Any, t: int) -> None:
+        self.task(t, trainer.tracker.curve[-1], trainer.tracker.matrix[-1])
+
+    def task(self, t: int, accuracy: float, per_task: list[float | None]) -> None:
+        """Accuracy on all seen classes and per task after task t."""
+        if self.writer is None:
+            return
+        try:
+            self.writer.add_scalar("eval/accuracy_seen", float(accuracy), t + 1)
+            for j, a in enumerate(per_task[: t + 1]):
+                if a is not None and math.isfinite(a):
+                    self.writer.add_scalar(f"eval_task/task_{j + 1:02d}", float(a), t + 1)
+            self.writer.flush()
+        except Exception as exc:
+            self._fail(exc)
+
+    def close(self) -> None:
+        """Flush and close (safe to call twice)."""
+        if self.writer is None:
+            return
+        try:
+            self.writer.close()
+        except Exception as exc:
+            self._fail(exc)
+        self.writer = None

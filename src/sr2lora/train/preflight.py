@@ -1,0 +1,150 @@
+"""Checks that run before any heavy work (dataset scan, backbone, training), so a bad input fails in seconds.
+
+:func:`preflight` is called by :class:`sr2lora.train.engine.Trainer` first thing. It checks what can be known
+without reading images: the scenario against the class count of datasets whose count is fixed in code, that
+a given ``data.root`` / ``data.split_file`` exists, and that the output folder can be created and written
+(a probe file is written and removed). Everything else about the data is checked by the dataset builders
+and :func:`sr2lora.data.integrity.drop_unreadable`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ..core.errors import ConfigError, DataError, OutputError
+
+if TYPE_CHECKING:
+    from ..config import RunConfig
+
+
+def known_num_classes(dataset: str) -> int | None:
+    """The class count of a dataset whose classes are fixed in code (no folder scan needed), else None."""
+    if dataset == "smoke":
+        from ..data.smoke import SMOKE_CLASSES
+
+        return SMOKE_CLASSES
+    if dataset == "cifar100":
+        return 100
+    if dataset == "openclipart":
+        from ..data.openclipart import CURATED_CLASSES
+
+        return len(CURATED_CLASSES)
+    return None
+
+
+def check_scenario(cfg: RunConfig) -> None:
+    """Raise ConfigError if the scenario cannot cut a dataset with a known class count (same rules and
+    messages as :func:`sr2lora.data.scenario.build_scenario`, which re-checks once the dataset is built)."""
+    n = known_num_classes(cfg.data.dataset)
+    if n is not None:
+        from ..data.scenario import build_scenario
+
+        build_scenario(n, cfg.scenario, cfg.seed)
+
+
+def check_data_paths(cfg: RunConfig) -> None:
+    """Raise DataError naming ``data.root`` / ``data.split_file`` when given but missing."""
+    d = cfg.data
+    if d.root and d.dataset != "smoke":
+        root = Path(d.root).expanduser()
+        if not root.exists() and not (d.download and d.dataset == "cifar100"):
+            raise DataError(
+                f"data.root: {root} does not exist (data.dataset={d.dataset}); point data.root at the dataset's folder"
+            )
+    if d.split_file and not Path(d.split_file).expanduser().is_file():
+        raise DataError(f"data.split_file: {Path(d.split_file).expanduser()} is not a file")
+
+
+def check_output_writable(out_dir: str | Path) -> None:
+    """Create ``out_dir`` (with parents) and write, fsync and remove a probe file; OutputError if any fails."""
+    out = Path(out_dir)
+    probe = out / f".sr2lora-write-probe-{os.getpid()}"
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with open(probe, "wb") as fh:
+            fh.write(b"sr2lora write probe\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+    except OSError as exc:
+        raise OutputError(
+            f"output folder {out}: cannot create or write it ({exc.strerror or exc}); choose another with --out"
+        ) from exc
+    finally:
+        try:
+            probe.unlink(missing_ok=True)
+        except OSError:
+            pass
+
+
+def check_out_outside_data(cfg: RunConfig, out_dir: str | Path) -> None:
+    """Raise OutputError when ``out_dir`` lies inside the dataset's folder: a run folder there is read as a
+    class (or its report's PNGs as images) by the next scan, and nothing may be written into a data folder."""
+    d = cfg.data
+    if d.dataset == "smoke":
+        return
+    if d.root:
+        root = Path(d.root).expanduser()
+    else:
+        from ..data.folders import default_data_root
+
+        root = default_data_root() / d.dataset
+    data_real, out_real = os.path.realpath(root), os.path.realpath(Path(out_dir).expanduser())
+    if out_real == data_real or out_real.startswith(data_real.rstrip(os.sep) + os.sep):
+        raise OutputError(
+            f"--out {out_dir}: inside the dataset folder {root} (data.root); a run folder there would be read as "
+            f"data by the next run. Choose an --out outside {root} (nothing was created)"
+        )
+
+
+def check_device(cfg: RunConfig) -> None:
+    """Raise ConfigError when ``train.device`` names a device this machine does not have."""
+    import torch
+
+    dev = str(cfg.train.device)
+    if dev.startswith("cuda"):
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        index = int(dev.split(":", 1)[1]) if ":" in dev else 0
+        if index >= n:
+            have = f"{n} CUDA device(s)" if n else "no CUDA device (or this torch build has no CUDA)"
+            raise ConfigError(f"train.device={dev}: this machine has {have}; use train.device=auto or cpu")
+    if dev == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ConfigError("train.device=mps: MPS is not available here; use train.device=auto or cpu")
+
+
+def check_backbone_kwargs(cfg: RunConfig) -> None:
+    """Build the backbone on the meta device (no memory, no weights) so that an unknown ``model.timm_kwargs``
+    keyword or an inconsistent value (``num_heads`` not dividing ``embed_dim``) is a ConfigError naming the key,
+    not a traceback after the dataset scan."""
+    from ..models.backbone import IMGFOCUS_BACKBONE
+
+    m = cfg.model
+    if m.backbone == IMGFOCUS_BACKBONE or not m.timm_kwargs:
+        return
+    import timm
+    import torch
+
+    kwargs = {"img_size": cfg.data.image_size, **m.timm_kwargs, "num_classes": 0}
+    try:
+        with torch.device("meta"):
+            timm.create_model(m.backbone, pretrained=False, **kwargs)
+    except TypeError as exc:
+        raise ConfigError(f"model.timm_kwargs: timm's {m.backbone} does not take these keywords ({exc}); "
+                          f"given {m.timm_kwargs}") from exc
+    except (AssertionError, ValueError, RuntimeError) as exc:
+        if "Unknown model" in str(exc) or "meta" in str(exc):
+            return  # named by the backbone builder (WeightsError); or a model that cannot be built on meta
+        raise ConfigError(f"model.timm_kwargs: timm cannot build {m.backbone} with {m.timm_kwargs} "
+                          f"({type(exc).__name__}: {exc or 'inconsistent sizes'})") from exc
+
+
+def preflight(cfg: RunConfig, out_dir: str | Path | None) -> None:
+    """All cheap checks, config first, then data paths, then the output folder."""
+    check_scenario(cfg)
+    check_device(cfg)
+    check_backbone_kwargs(cfg)
+    check_data_paths(cfg)
+    if out_dir is not None:
+        check_out_outside_data(cfg, out_dir)
+        check_output_writable(out_dir)
