@@ -28,7 +28,8 @@ from results_io import write_result  # noqa: E402
 from synthetic_run import register  # noqa: E402
 
 from sr2lora import load_run  # noqa: E402
-from sr2lora.train.engine import prepare_data  # noqa: E402
+from sr2lora.data.run_data import prepare_data  # noqa: E402
+from sr2lora.methods import get_method_class  # noqa: E402
 
 
 @torch.no_grad()
@@ -40,7 +41,7 @@ def logits_on(run_dir: Path, device: str, x: torch.Tensor, batch: int) -> torch.
 def compare(run_dir: Path, max_images: int, batch: int) -> dict:
     """One run's CPU-vs-CUDA comparison (the keys the README quotes)."""
     run = load_run(run_dir)
-    data = prepare_data(run.config)
+    data = prepare_data(run.config, single_task=get_method_class(run.config.method.name).single_task)
     n = min(len(data.eval_labels), max_images) if max_images > 0 else len(data.eval_labels)
     x = torch.stack([run.transform(data.eval_images.load(int(data.eval_index[i]))) for i in range(n)])
     y = data.eval_labels[:n]

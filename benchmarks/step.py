@@ -1,6 +1,6 @@
 """Cost of one training step: ``seqlora`` vs ``sr2lora`` vs a ``naive`` SR²-LoRA step (the reference's way).
 
-``seqlora`` and ``sr2lora`` run the engine's own :func:`sr2lora.train.engine.training_step`, ``naive`` this file's
+``seqlora`` and ``sr2lora`` run the engine's own :func:`sr2lora.train.step.training_step`, ``naive`` this file's
 :func:`reference_step`, on the same model at task index ≥ 5 (six earlier tasks whose LoRA B factors are random and nonzero, folded), interleaved in one process, ``--repeats``
 times each; the table gives the median wall-clock time, the fastest repeat and the median process CPU
 time, and ratios of each, plus the paired ratio (median over repeats of the ratio of the two steps run back to
@@ -53,7 +53,7 @@ from results_io import write_result  # noqa: E402
 from sr2lora.config import load_config  # noqa: E402
 from sr2lora.methods import Method, TaskContext, create_method  # noqa: E402
 from sr2lora.models.backbone import IMGFOCUS_BACKBONE, CILModel, create_vit  # noqa: E402
-from sr2lora.train.engine import training_step  # noqa: E402
+from sr2lora.train.step import training_step  # noqa: E402
 
 VARIANTS = ("seqlora", "sr2lora", "naive")
 

@@ -18,12 +18,13 @@ from conftest import FAST, PRECISIONS, read_results, run_cli
 from sr2lora import load_run
 from sr2lora.config import load_config
 from sr2lora.core.signals import Interrupted
+from sr2lora.data.run_data import prepare_data
 from sr2lora.methods.base import TaskContext
 from sr2lora.methods.inflora import design_down_projection, grow_memory
 from sr2lora.methods.sdlora import SDLoRA, SDLoRAOptions, fit_directions, task_rank
 from sr2lora.models.lora import LoRAQKV
 from sr2lora.runs.checkpoint import CheckpointError
-from sr2lora.train.engine import Trainer, prepare_data
+from sr2lora.train.engine import Trainer
 
 SMOKE = [*FAST, "train.precision=fp32"]  # as the shared runs of smoke_runs
 ACC_KEYS = ["accuracy_matrix", "acc_curve", "final_acc", "avg_acc", "class_order", "task_test_counts"]
@@ -109,7 +110,7 @@ def test_final_model_reloads_with_the_reported_accuracy(smoke_runs, method, prec
     see the final model; SD-LoRA refuses an earlier task's model, which its checkpoint no longer holds."""
     out, res = smoke_runs(method, precision)
     run = load_run(out)
-    data = prepare_data(run.config)
+    data = prepare_data(run.config, single_task=method == "joint")
     x = torch.stack([run.transform(data.eval_images.load(i)) for i in range(len(data.eval_labels))])
     with torch.no_grad():
         pred = run.model(x).argmax(-1).numpy()

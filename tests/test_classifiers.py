@@ -25,8 +25,9 @@ from sr2lora.classifiers.gaussians import ClassGaussians, align_classifier
 from sr2lora.classifiers.ridge import holdout_mask, ridge_solve, validation_errors
 from sr2lora.config import ConfigError, load_config
 from sr2lora.core.signals import Interrupted
+from sr2lora.data.run_data import prepare_data
 from sr2lora.models.heads import TaskHeads
-from sr2lora.train.engine import Trainer, prepare_data
+from sr2lora.train.engine import Trainer
 
 F64 = torch.float64
 SOLVE_RTOL = 1e-9  # float64 ridge solutions: incremental vs one-shot (measured ~1e-13)
@@ -240,7 +241,7 @@ def smoke_runs(smoke_run):
 
 
 def eval_batch(run):
-    data = prepare_data(run.config)
+    data = prepare_data(run.config, single_task=False)
     x = torch.stack([run.transform(data.eval_images.load(i)) for i in range(len(data.eval_labels))])
     return x, data.eval_labels
 

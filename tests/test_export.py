@@ -12,8 +12,8 @@ from safetensors.torch import load_file
 from torchvision import transforms as T
 
 from conftest import PRECISIONS, read_results, run_cli
+from sr2lora.data.run_data import prepare_data
 from sr2lora.runs.checkpoint import CheckpointError
-from sr2lora.train.engine import prepare_data
 
 LOGIT_TOL = 1e-4  # exported timm model vs load_run model, abs (measured ~6e-6 on logits of magnitude ~20)
 
@@ -65,7 +65,7 @@ def test_export_equals_run_and_reported_accuracy(smoke_run, tmp_path, precision)
     run = load_run(smoke_run)
     assert not run.model.training and run.class_names == results["class_names"]
     assert run.transform_spec == results["transform"] == side["transform"]
-    data = prepare_data(run.config)
+    data = prepare_data(run.config, single_task=False)
     tf = transform_from_spec(side["transform"])
     images = [data.eval_images.load(i) for i in range(len(data.eval_labels))]
     x = torch.stack([tf(im) for im in images])
@@ -95,7 +95,7 @@ def test_predict_cli_reports_bad_files(base_run, tmp_path, capsys):
 
     results = read_results(base_run)
     run = load_run(base_run)
-    data = prepare_data(run.config)
+    data = prepare_data(run.config, single_task=False)
     folder = tmp_path / "images"
     (folder / "sub").mkdir(parents=True)
     for i in range(6):

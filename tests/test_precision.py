@@ -11,7 +11,7 @@ from sr2lora.core.hardware import float32_evaluation
 from sr2lora.methods import TaskContext, create_method
 from sr2lora.methods.losses import relation_matrix, relation_spectrum, spectral_relation_loss
 from sr2lora.models.backbone import CILModel, create_vit
-from sr2lora.train.engine import training_step
+from sr2lora.train.step import training_step
 
 MICRO = {"patch_size": 8, "embed_dim": 64, "depth": 4, "num_heads": 4}
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])

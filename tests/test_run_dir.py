@@ -16,6 +16,7 @@ from sr2lora.config import load_config
 from sr2lora.core.errors import Sr2loraError
 from sr2lora.data import registry
 from sr2lora.data.base import DataError
+from sr2lora.data.run_data import prepare_data
 from sr2lora.runs.checkpoint import CheckpointError
 from sr2lora.runs.folder import (
     is_stored_weight,
@@ -27,7 +28,7 @@ from sr2lora.runs.folder import (
     restore_weights,
     stored_weights,
 )
-from sr2lora.train.engine import Trainer, prepare_data
+from sr2lora.train.engine import Trainer
 from sr2lora.train.evaluation import lora_tasks
 
 FAST = ["train.epochs=1", "ca.epochs=2"]
@@ -50,7 +51,7 @@ def listing(folder: Path) -> dict[str, tuple[int, int]]:
 
 
 def eval_images(cfg) -> tuple[list, np.ndarray]:
-    data = prepare_data(cfg)
+    data = prepare_data(cfg, single_task=False)
     return [data.eval_images.load(i) for i in range(len(data.eval_labels))], data.eval_labels
 
 
@@ -87,7 +88,7 @@ def test_loading_does_not_build_the_dataset(smoke_run, tmp_path, monkeypatch):
 
     monkeypatch.setitem(registry._DATASETS, "smoke", no_dataset)
     with pytest.raises(DataError, match="was built"):
-        prepare_data(load_config(str(smoke_run / "config.yaml")))
+        prepare_data(load_config(str(smoke_run / "config.yaml")), single_task=False)
 
     moved, original = load_run(copy), load_run(smoke_run)
     assert moved.config.data.dataset == "folder" and moved.class_names == original.class_names

@@ -24,9 +24,9 @@ from sr2lora import export_run, load_run
 from sr2lora.analysis.restore import analyze_run, evaluate_run
 from sr2lora.config import load_config
 from sr2lora.core.hardware import float32_evaluation
+from sr2lora.data.run_data import prepare_data
 from sr2lora.inference.predict import predict
 from sr2lora.methods import get_method_class, method_names
-from sr2lora.train.engine import prepare_data
 
 KINDS = ("ca", "ncm", "ridge")
 
@@ -34,7 +34,7 @@ KINDS = ("ca", "ncm", "ridge")
 @pytest.fixture(scope="session")
 def eval_images(tmp_path_factory):
     """The smoke preset's evaluation images as PNG files (lossless: the same pixels) and their run labels."""
-    data = prepare_data(load_config("smoke"))
+    data = prepare_data(load_config("smoke"), single_task=False)
     folder = tmp_path_factory.mktemp("smoke-eval")
     files = []
     for i in range(len(data.eval_labels)):

@@ -19,19 +19,28 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..core import distributed as ddp
-from ..runs.folder import check_scenario, load_classifier, load_method, load_model, read_run, run_transforms
-from ..train.engine import prepare_data, resolve_device
+from ..core.hardware import resolve_device
+from ..data.run_data import prepare_data
+from ..runs.folder import (
+    check_scenario,
+    load_classifier,
+    load_method,
+    load_model,
+    method_class,
+    read_run,
+    run_transforms,
+)
 from .drift import SCHEMA, load_drift, read_head_snapshots, trainer_tracker
 from .drift_margin import drift_margin_summary
 
 if TYPE_CHECKING:
     from ..classifiers import Classifier
     from ..config import RunConfig
+    from ..data.run_data import RunData
     from ..data.scenario import Scenario
     from ..methods import Method
     from ..models.backbone import CILModel
     from ..runs.folder import RunFolder
-    from ..train.engine import RunData
 
 
 @dataclass
@@ -79,7 +88,8 @@ def restore_run(run_dir: str | Path, device: str | None = None) -> tuple[Restore
         torch.set_num_threads(cfg.train.threads)
     dist = ddp.current()
     dev = ddp.resolve_device(resolve_device(cfg.train.device), dist)
-    data = prepare_data(cfg)  # the measures need the run's images: the dataset, built from the config
+    # the measures need the run's images: the dataset, built from the config
+    data = prepare_data(cfg, single_task=method_class(run).single_task)
     check_same_dataset(run_dir, run.state.get("dataset"), dataset_identity(cfg.data.dataset, data.bundle,
                                                                            cfg.data.root))
     check_scenario(run_dir, run.state, data.scenario.class_order, data.scenario.offsets)

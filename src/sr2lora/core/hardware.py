@@ -66,6 +66,14 @@ def resolve_precision(requested: str, caps: Capabilities) -> tuple[str, str | No
     return requested, None
 
 
+def resolve_device(name: str) -> torch.device:
+    """``train.device`` (``auto`` | ``cpu`` | ``cuda`` | ``cuda:N``) as a torch device: ``auto`` is the GPU when
+    torch sees one."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
 def onednn_isa_cap() -> str | None:
     """The instruction-set cap oneDNN was given (``ONEDNN_MAX_CPU_ISA`` or its old name ``DNNL_MAX_CPU_ISA``), upper
     case, or None when there is none."""

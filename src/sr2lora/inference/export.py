@@ -86,8 +86,8 @@ def load_run(run_dir: str | Path, task: int | None = None, device: str | torch.d
     runs trained before they were saved can only load their final model. Reads the run folder through
     :mod:`sr2lora.runs.folder`: no dataset, no file written.
     """
+    from ..core.hardware import resolve_device
     from ..data.transforms import transform_spec
-    from ..train.engine import resolve_device
     from ..train.evaluation import lora_tasks
 
     run_dir = Path(run_dir)

@@ -7,14 +7,12 @@ resumed from the checkpoint of task t−1 is identical to an uninterrupted one.
 
 from __future__ import annotations
 
-import dataclasses
 import platform
 import sys
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass, field
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -34,16 +32,12 @@ from ..core.cache import file_sha256
 from ..core.errors import TrainingError
 from ..core.seeding import task_seed
 from ..core.signals import check_interrupt
-from ..data import build_dataset
-from ..data.base import DatasetBundle
-from ..data.integrity import drop_unreadable
 from ..data.loaders import seeded_loader, train_loader
-from ..data.scenario import Scenario, TaskView, build_scenario
-from ..data.splits import rng_stream_order, stratified_split
+from ..data.run_data import prepare_data
+from ..data.scenario import TaskView
 from ..data.transforms import transform_spec
-from ..methods import Method, TaskContext, create_method, get_method_class
+from ..methods import TaskContext, create_method, get_method_class
 from ..methods.losses import logitnorm_cross_entropy
-from ..models.backbone import CILModel
 from ..runs.checkpoint import (
     check_config_unchanged,
     clean_partial,
@@ -58,6 +52,7 @@ from .metrics import AccuracyTracker, task_accuracies
 from .optim import build_optimizer
 from .preflight import preflight
 from .schedules import lr_at
+from .step import training_step
 
 # |logit| of a class mean above this means the head's weights blew up (a converged head's logits are O(10)).
 DIVERGED_LOGIT = 1e6
@@ -76,100 +71,6 @@ def check_finite_after(stage: str, t: int, tensors: dict[str, torch.Tensor], fix
         )
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-@dataclass
-class RunData:
-    """A built dataset seen through the run's scenario: run labels and which items train / evaluate."""
-
-    bundle: DatasetBundle
-    scenario: Scenario
-    train_labels: np.ndarray
-    eval_labels: np.ndarray
-    train_index: np.ndarray
-    eval_index: np.ndarray
-    eval_split: str  # "test" or "val"
-    skipped_files: list[str] = field(default_factory=list)  # unreadable files dropped (data.skip_bad)
-
-    @property
-    def eval_images(self):
-        return self.bundle.train if self.eval_split == "val" else self.bundle.test
-
-
-def prepare_data(cfg: RunConfig) -> RunData:
-    """Build the dataset and scenario; with ``data.val_fraction`` > 0, evaluate on a split carved from train."""
-    bundle = build_dataset(cfg.data)
-    sc_cfg = cfg.scenario
-    if get_method_class(cfg.method.name).single_task:  # `joint`: one task holding every class, same order
-        sc_cfg = dataclasses.replace(sc_cfg, init_cls=bundle.num_classes, increment=1)
-    scenario = build_scenario(bundle.num_classes, sc_cfg, cfg.seed)
-    bundle, skipped = drop_unreadable(bundle, cfg.data.skip_bad)  # every file opened once, before the model
-    train_labels = scenario.remap(bundle.train.targets)
-    if cfg.data.val_fraction > 0:
-        held = stratified_split(train_labels, cfg.data.val_fraction, rng_stream_order(cfg.data.split_seed),
-                                field="data.val_fraction")
-        train_index, eval_index = np.flatnonzero(~held), np.flatnonzero(held)
-        return RunData(bundle, scenario, train_labels, train_labels, train_index, eval_index, "val", skipped)
-    test_labels = scenario.remap(bundle.test.targets)
-    return RunData(
-        bundle, scenario, train_labels, test_labels, np.arange(len(train_labels)), np.arange(len(test_labels)),
-        "test", skipped,
-    )
-
-
-def training_step(
-    model: CILModel,
-    method: Method,
-    ctx: TaskContext,
-    opt: torch.optim.Optimizer,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    offset: int,
-    *,
-    task_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
-    autocast: Callable[[], AbstractContextManager] | None = None,
-    check: Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], None] | None = None,
-    grad_sync: Callable[[], None] | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """One optimisation step of task ``ctx.task`` on (x, y): the step training runs (and the benchmarks time).
-
-    The frozen stem once; when the method needs it, the previous model (branches 0..t−1) without autograd, run
-    first so that its working memory is freed before the current model's activations are held; the current
-    model (branches 0..t) from the same tokens; the task-local loss plus ``method.weight`` × the method's
-    regulariser, ``check(loss, ce, reg)`` (may raise), backward, ``grad_sync()`` (the distributed all-reduce),
-    optimiser step. (The reference's way, the previous model after the current one with autograd on, lives in
-    ``benchmarks/step.py``, which times the two against each other.)
-    Returns (loss, ce, reg), detached.
-    """
-    t = ctx.task
-    use_old = method.needs_old and t > 0
-    with autocast() if autocast is not None else nullcontext():
-        tokens = model.embed(x)  # the frozen stem, shared by both forwards
-        old = None
-        if use_old:  # first, while no activations are held: its working memory adds nothing
-            with torch.no_grad():
-                old = model(x, tasks=t, layers=method.needs_layers, logits=False, tokens=tokens)
-        new = model(x, tasks=t + 1 if method.uses_lora else 0, heads=t + 1, layers=method.needs_layers,
-                    logits=False, tokens=tokens)
-        logits = model.heads.head_logits(new.feature, t)
-        target = y - offset
-        ce = task_loss(logits, target) if task_loss is not None else F.cross_entropy(logits.float(), target)
-        reg = method.regularizer(new, old, ctx)
-    loss = ce if reg is None else ce + method.weight * reg
-    if check is not None:
-        check(loss, ce, reg)
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    if grad_sync is not None:
-        grad_sync()
-    opt.step()
-    return loss.detach(), ce.detach(), None if reg is None else reg.detach()
-
-
 class Trainer:
     """Runs one class-incremental experiment described by a :class:`RunConfig` into ``out_dir``."""
 
@@ -178,7 +79,7 @@ class Trainer:
         self.cfg = cfg
         self.extra_callbacks = list(callbacks)  # loggers of the caller's, beside the run folder's own
         self.out_dir = Path(out_dir) if out_dir else None
-        self.device = resolve_device(cfg.train.device)
+        self.device = hardware.resolve_device(cfg.train.device)
         if cfg.train.threads > 0:
             torch.set_num_threads(cfg.train.threads)
         preflight(cfg, self.out_dir)  # cheap checks (scenario, paths, output folder) before any work
@@ -195,7 +96,7 @@ class Trainer:
         if self.progress:
             tqdm.write(hardware.summary_line(self.capabilities, self.precision, cfg.train.precision,
                                              torch.get_num_threads()))
-        self.data = prepare_data(cfg)
+        self.data = prepare_data(cfg, single_task=get_method_class(cfg.method.name).single_task)
         self.scenario = self.data.scenario
         self.method = create_method(cfg.method.name, cfg.method.options, cfg.method.weight)
         torch.manual_seed(task_seed(cfg.seed, -1))

@@ -31,10 +31,10 @@ from ..data.scenario import TaskView, label_range_indices
 if TYPE_CHECKING:
     from ..classifiers import Classifier
     from ..config import RunConfig
+    from ..data.run_data import RunData
     from ..data.scenario import Scenario
     from ..methods import Method
     from ..models.backbone import CILModel
-    from .engine import RunData
 
 
 class RunView(Protocol):
