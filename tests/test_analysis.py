@@ -8,8 +8,7 @@ import pytest
 import torch
 
 from conftest import FAST, PRECISIONS, run_cli
-from sr2lora.analysis.drift import MEASURES, held_out_sample
-from sr2lora.analysis.restore import analyze_run
+from sr2lora.analysis.drift import MEASURES, analyze_run, held_out_sample
 from sr2lora.config import ConfigError, load_config
 from sr2lora.data import build_dataset
 from sr2lora.methods import create_method, select_layers

@@ -17,7 +17,6 @@ from sr2lora.core.atomic import (
     atomic_write_json,
     atomic_write_text,
 )
-from sr2lora.runs.checkpoint import write_json_atomic
 
 
 class Boom(Exception):
@@ -99,16 +98,18 @@ def test_text_encoding_and_newlines(tmp_path):
     assert (tmp_path / "l.txt").read_bytes() == b"\xe9\n"
 
 
-def test_json_and_the_checkpoint_writer(tmp_path):
+def test_the_one_json_writer(tmp_path):
     data = {"a": [1, 2.5, None], "b": {"ü": "x"}}
     atomic_write_json(tmp_path / "d.json", data)
     assert (tmp_path / "d.json").read_text(encoding="utf-8") == json.dumps(data, indent=2)
     (tmp_path / "d.json").write_text("{}", encoding="utf-8")
-    with pytest.raises(ValueError):  # NaN is not JSON: nothing is written, the old file stays
-        atomic_write_json(tmp_path / "d.json", {"x": math.nan})
+    with pytest.raises(TypeError):  # not JSON at all: nothing is written, the old file stays
+        atomic_write_json(tmp_path / "d.json", {"x": {1, 2}})
     assert (tmp_path / "d.json").read_text(encoding="utf-8") == "{}" and _names(tmp_path) == ["d.json"]
-    write_json_atomic(tmp_path / "r.json", {"acc": math.nan, "ok": [1.0, math.inf]})  # results.json's writer
-    assert json.loads((tmp_path / "r.json").read_text(encoding="utf-8")) == {"acc": None, "ok": [1.0, None]}
+    # NaN/inf are not JSON: written as null (an undefined accuracy), so every file stays valid JSON
+    atomic_write_json(tmp_path / "r.json", {"acc": math.nan, "ok": [1.0, math.inf], "t": (1, -math.inf)})
+    assert json.loads((tmp_path / "r.json").read_text(encoding="utf-8")) == {"acc": None, "ok": [1.0, None],
+                                                                            "t": [1, None]}
 
 
 def test_bad_mode():

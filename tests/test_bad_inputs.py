@@ -15,7 +15,9 @@ import torch
 from PIL import Image
 
 from conftest import read_results, run_cli
-from sr2lora.runs.checkpoint import CKPT_DIR
+from sr2lora.runs.folder import RunFolder
+
+CKPT_DIR = RunFolder.CHECKPOINT
 
 RUN = ("run", "--preset", "smoke", "--quiet")
 FAST = ("train.epochs=1", "ca.epochs=1")

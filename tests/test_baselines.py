@@ -17,13 +17,13 @@ import torch
 from conftest import FAST, PRECISIONS, read_results, run_cli
 from sr2lora import load_run
 from sr2lora.config import load_config
+from sr2lora.core.errors import CheckpointError
 from sr2lora.core.signals import Interrupted
 from sr2lora.data.run_data import prepare_data
 from sr2lora.methods.base import TaskContext
 from sr2lora.methods.inflora import design_down_projection, grow_memory
 from sr2lora.methods.sdlora import SDLoRA, SDLoRAOptions, fit_directions, task_rank
 from sr2lora.models.lora import LoRAQKV
-from sr2lora.runs.checkpoint import CheckpointError
 from sr2lora.train.engine import Trainer
 
 SMOKE = [*FAST, "train.precision=fp32"]  # as the shared runs of smoke_runs

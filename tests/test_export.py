@@ -12,8 +12,8 @@ from safetensors.torch import load_file
 from torchvision import transforms as T
 
 from conftest import PRECISIONS, read_results, run_cli
+from sr2lora.core.errors import CheckpointError
 from sr2lora.data.run_data import prepare_data
-from sr2lora.runs.checkpoint import CheckpointError
 
 LOGIT_TOL = 1e-4  # exported timm model vs load_run model, abs (measured ~6e-6 on logits of magnitude ~20)
 

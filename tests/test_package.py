@@ -1,4 +1,6 @@
-"""The package as a library: importing it changes nothing, and its modules import each other without a cycle."""
+"""The package as a library and as a house: importing it changes nothing, its modules import each other without a
+cycle and only downwards (reading a finished run never goes through training; only the report draws), the top
+of the package holds the entry points alone, and one class spells the run folder's file names."""
 
 import ast
 import json
@@ -120,6 +122,94 @@ def test_no_import_cycle_inside_the_package():
     # package __init__ back would close a cycle through it
     cycle = find_cycle(graph)
     assert cycle is None, " -> ".join(cycle)
+
+
+# ---------------------------------------------------------------- the layout
+
+
+ENTRY_POINTS = {"__init__", "__main__", "cli", "launch", "sweep", "demo"}
+READERS = ("sr2lora.analysis", "sr2lora.inference", "sr2lora.report")  # read finished runs
+
+
+def reachable(graph: dict[str, set[str]], start: str) -> set[str]:
+    """Every module ``start`` imports, directly or through others (lazy imports included)."""
+    seen, todo = set(), [start]
+    while todo:
+        for m in graph.get(todo.pop(), ()):
+            if m not in seen:
+                seen.add(m)
+                todo.append(m)
+    return seen
+
+
+def test_only_entry_points_at_the_top_of_the_package():
+    top = {f.stem for f in PKG.glob("*.py")}
+    assert top == ENTRY_POINTS, f"modules at the top of src/sr2lora that are not entry points: {top - ENTRY_POINTS}"
+
+
+def test_reading_a_finished_run_never_goes_through_training():
+    """analysis/, inference/ and report/ never import the training engine, directly or through anything else."""
+    graph = import_graph()
+    readers = [m for m in graph if m.startswith(READERS)]
+    assert len(readers) > 8
+    bad = {m: sorted(reachable(graph, m) & {"sr2lora.train.engine"}) for m in readers}
+    assert not any(bad.values()), {m: v for m, v in bad.items() if v}
+    # the check can fail: the entry points do reach the engine
+    assert "sr2lora.train.engine" in reachable(graph, "sr2lora.cli")
+
+
+def _third_party_imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    out = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out.update(a.name.split(".")[0] for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            out.add(node.module.split(".")[0])
+    return out
+
+
+def test_only_the_report_draws():
+    """No module outside report/ imports matplotlib (at any depth of the file)."""
+    drawing = sorted(module_name(f) for f in PKG.rglob("*.py") if "matplotlib" in _third_party_imports(f))
+    assert drawing and all(m.startswith("sr2lora.report") for m in drawing), drawing
+
+
+# the run folder's file names (sr2lora.runs.folder.RunFolder); manifest.json is also the asset cache's own file
+RUN_FILE_NAMES = ("config.yaml", "results.json", "metrics.csv", "drift.json", "robustness.json", "state.json",
+                  "manifest.json", "model.safetensors", "stats.safetensors", "method.safetensors",
+                  "heads.safetensors", ".sr2lora.lock")
+ASSET_CACHES = ("sr2lora.assets", "sr2lora.data")  # their own cache folders, with their own manifest.json
+
+
+def spelled_file_names(path: Path) -> list[tuple[int, str]]:
+    """(line, name) of every run-folder file name in ``path``'s string literals, docstrings excepted."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    docs = {id(node.body[0].value) for node in ast.walk(tree)
+            if isinstance(node, (ast.Module, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and node.body
+            and isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant)}
+    return [(node.lineno, name) for node in ast.walk(tree)
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docs
+            for name in RUN_FILE_NAMES if name in node.value]
+
+
+def test_the_run_folder_is_the_only_code_that_spells_its_file_names():
+    found = {}
+    for f in sorted(PKG.rglob("*.py")):
+        name = module_name(f)
+        if name == "sr2lora.runs.folder":
+            continue
+        hits = [(line, n) for line, n in spelled_file_names(f)
+                if not (n == "manifest.json" and name.startswith(ASSET_CACHES))]
+        if hits:
+            found[name] = hits
+    assert not found, f"spell these through sr2lora.runs.folder.RunFolder: {found}"
+    # the check can fail: the folder module itself spells them all (the tensor groups' files as group names)
+    from sr2lora.runs.folder import RunFolder
+
+    spelled = {n for _, n in spelled_file_names(PKG / "runs" / "folder.py")}
+    spelled |= {RunFolder(".").group_file(g).name for g in RunFolder.GROUPS}
+    assert spelled == set(RUN_FILE_NAMES)
 
 
 def test_no_pip_call_in_library_code():

@@ -18,7 +18,10 @@ from safetensors import safe_open
 
 from conftest import read_results, run_cli
 from sr2lora.core.cache import file_sha256
-from sr2lora.runs.checkpoint import CKPT_DIR, PAUSE_ENV, clean_partial
+from sr2lora.runs.checkpoint import PAUSE_ENV, clean_partial
+from sr2lora.runs.folder import RunFolder
+
+CKPT_DIR = RunFolder.CHECKPOINT
 
 # Three epochs make a task long enough (most of a second) to be killed in the middle of it.
 CFG = ["train.epochs=3", "ca.epochs=1"]

@@ -13,21 +13,13 @@ from conftest import read_results, run_cli
 from sr2lora import load_run
 from sr2lora.analysis.restore import evaluate_run, restore_run
 from sr2lora.config import load_config
-from sr2lora.core.errors import Sr2loraError
+from sr2lora.core.errors import CheckpointError, Sr2loraError
 from sr2lora.data import registry
 from sr2lora.data.base import DataError
 from sr2lora.data.run_data import prepare_data
-from sr2lora.runs.checkpoint import CheckpointError
-from sr2lora.runs.folder import (
-    is_stored_weight,
-    load_classifier,
-    load_method,
-    load_model,
-    read_run,
-    rebuild_model,
-    restore_weights,
-    stored_weights,
-)
+from sr2lora.models.build import rebuild_model
+from sr2lora.models.state import is_stored_weight, restore_weights, stored_weights
+from sr2lora.runs.saved import load_classifier, load_method, load_model, read_run
 from sr2lora.train.engine import Trainer
 from sr2lora.train.evaluation import lora_tasks
 

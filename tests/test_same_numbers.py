@@ -21,7 +21,8 @@ from safetensors.torch import load_file
 
 from conftest import PRECISIONS
 from sr2lora import export_run, load_run
-from sr2lora.analysis.restore import analyze_run, evaluate_run
+from sr2lora.analysis.drift import analyze_run
+from sr2lora.analysis.restore import evaluate_run
 from sr2lora.config import load_config
 from sr2lora.core.hardware import float32_evaluation
 from sr2lora.data.run_data import prepare_data

@@ -19,8 +19,10 @@ import yaml
 from PIL import Image
 
 from conftest import read_results, run_cli
-from sr2lora.runs.checkpoint import CKPT_DIR
-from sr2lora.runs.lock import LOCK_NAME
+from sr2lora.runs.folder import RunFolder
+
+CKPT_DIR = RunFolder.CHECKPOINT
+LOCK_NAME = RunFolder.LOCK
 
 RUN = ("run", "--preset", "smoke", "--quiet")
 FAST = ("train.epochs=1", "ca.epochs=1")

@@ -14,7 +14,6 @@ import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from .config import (  # noqa: E402
-    RUNTIME_KEYS,
     ConfigError,
     load_config,
     load_preset_dict,
@@ -23,26 +22,11 @@ from .config import (  # noqa: E402
 )
 from .core.errors import Sr2loraError  # noqa: E402
 from .core.signals import Interrupted  # noqa: E402
+from .runs.folder import RunFolder  # noqa: E402
 
 
 class UserError(Sr2loraError):
     """An error whose message is the whole story: printed without a traceback, exit status 2."""
-
-
-def _train(cfg, run_dir: Path, quiet: bool, resume: bool) -> dict:
-    """Trainer(cfg, run_dir).run() with SIGINT/SIGTERM turned into a clean stop (see sr2lora.core.signals)."""
-    from .core.signals import Interrupted, stop_on_signals
-    from .runs.lock import run_folder_lock
-    from .train.engine import Trainer
-    from .train.preflight import check_out_outside_data
-
-    check_out_outside_data(cfg, run_dir)  # before the lock creates the folder
-    try:
-        with stop_on_signals(), run_folder_lock(run_dir):  # one process per run folder, before any write
-            return Trainer(cfg, run_dir, progress=not quiet).run(resume=resume)
-    except Interrupted as exc:
-        exc.run_dir = run_dir
-        raise
 
 
 def _default_out(cfg) -> Path:
@@ -51,33 +35,21 @@ def _default_out(cfg) -> Path:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from .launch import check_new_run, launch, resume_config
+
     if args.resume:
         run_dir = Path(args.resume)
         for flag, value in (("--preset", args.preset), ("--out", args.out)):
             if value and not (flag == "--out" and Path(value).resolve() == run_dir.resolve()):
                 raise UserError(
-                    f"run: {flag} {value} with --resume {run_dir}: a resumed run continues with the config.yaml and "
+                    f"run: {flag} {value} with --resume {run_dir}: a resumed run continues with the {RunFolder.CONFIG} and "
                     f"folder it was started with; drop {flag} (or start a new run without --resume)"
                 )
-        cfg_file = run_dir / "config.yaml"
-        if not cfg_file.is_file():
-            raise UserError(f"--resume {run_dir}: not a run folder (no config.yaml); start one with `sr2lora run`")
-        from .runs.checkpoint import check_resumable
-        from .runs.reuse import ExperimentMismatch, folder_state
-
-        planned = load_config(str(cfg_file), args.overrides)  # the saved config; overrides of runtime keys only
-        try:
-            state = folder_state(run_dir, planned)
-        except ExperimentMismatch as exc:
-            raise UserError(
-                f"--resume: overrides would change the experiment ({', '.join(exc.changed)}); only "
-                f"{', '.join(sorted(RUNTIME_KEYS))} may change. Start a new run instead."
-            ) from exc
-        if state == "done":
-            print(f"{run_dir}: the run is finished (results.json exists); nothing to resume")
+        planned = resume_config(run_dir, args.overrides)  # checked before any work
+        if planned is None:
+            print(f"{run_dir}: the run is finished ({RunFolder.RESULTS} exists); nothing to resume")
             return 0
-        check_resumable(run_dir)  # before any work: the config and the checkpoint's files are the ones written
-        results = _train(planned, run_dir, args.quiet, resume=True)
+        results = launch(planned, run_dir, resume=True, progress=not args.quiet)
     else:
         if not args.preset:
             raise UserError("run: give --preset NAME (see `sr2lora presets`) or --resume RUN_DIR")
@@ -86,22 +58,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         if not args.out and env_world_size() > 1:  # each rank would stamp its own default folder
             raise UserError("run: a torchrun run needs --out RUN_DIR (the same folder for every process)")
-        out = Path(args.out) if args.out else _default_out(cfg)
-        from .runs.lock import check_not_in_use
-        from .runs.reuse import folder_state
-
-        check_not_in_use(out)  # a run still writing there is named by its pid
-        state = folder_state(out, cfg, hint="choose another --out")
-        if state == "done":
-            raise UserError(f"--out {out}: already holds a run of this experiment, finished (results.json); choose "
-                            f"another --out (nothing was overwritten)")
-        if state == "resumable":
-            raise UserError(
-                f"--out {out}: already holds a run; continue it with `sr2lora run --resume {out}` or choose another "
-                f"--out (nothing was overwritten)"
-            )
-        results = _train(cfg, out, args.quiet, resume=False)
-        run_dir = out
+        run_dir = Path(args.out) if args.out else _default_out(cfg)
+        check_new_run(cfg, run_dir)
+        results = launch(cfg, run_dir, progress=not args.quiet)
     from .core.distributed import current
 
     if current().is_main:  # torchrun: one summary, from rank 0
@@ -109,12 +68,12 @@ def cmd_run(args: argparse.Namespace) -> int:
             f"{results['method']}: final accuracy {_num(results['final_acc'])}%, average "
             f"{_num(results['avg_acc'])}%, forgetting {_num(results['forgetting'])}, plasticity "
             f"{_num(results['plasticity'])} ({results['num_tasks']} tasks, {results['seconds']:.0f}s) -> "
-            f"{run_dir}/results.json"
+            f"{RunFolder(run_dir).results_file}"
         )
         empty = results.get("empty_eval_tasks") or []
         if empty:
             print(f"note: task(s) {', '.join(str(j + 1) for j in empty)} have no evaluation image; their accuracies "
-                  f"are undefined (null in results.json)", file=sys.stderr)
+                  f"are undefined (null in {RunFolder.RESULTS})", file=sys.stderr)
     return 0
 
 
@@ -236,7 +195,7 @@ def cmd_robustness(args: argparse.Namespace) -> int:
         robustness_run,
         robustness_table,
     )
-    from .runs.checkpoint import write_json_atomic
+    from .core.atomic import atomic_write_json
 
     eps = _csv_numbers(args.eps, float, "--eps")
     opts = RobustnessOptions(task=args.task, batch_size=args.batch_size, draws=args.draws,
@@ -248,13 +207,13 @@ def cmd_robustness(args: argparse.Namespace) -> int:
         for run in runs:
             start = time.time()
             doc = robustness_run(run, opts, args.device)
-            write_json_atomic(run / "robustness.json", doc)
+            atomic_write_json(RunFolder(run).robustness_file, doc)
             out = Path(args.out) if args.out else run
             out.mkdir(parents=True, exist_ok=True)
             # in the run folder: robustness.png; in an --out folder that may collect several runs: by run name
             fig = plot_robustness(doc, out / (f"robustness_{run.name}.png" if args.out else "robustness.png"))
             head, rows = robustness_table(doc)
-            print(f"{run}/robustness.json ({time.time() - start:.0f}s), figure {fig}")
+            print(f"{RunFolder(run).robustness_file} ({time.time() - start:.0f}s), figure {fig}")
             for row in rows:
                 print("  " + "; ".join(f"{h} {c}" for h, c in zip(head, row)))
             print(doc["reading"])
@@ -264,10 +223,9 @@ def cmd_robustness(args: argparse.Namespace) -> int:
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
-    from .analysis.drift import find_run_dirs, plot_drift, run_label
+    from .analysis.drift import analyze_or_reuse, find_run_dirs, plot_drift, run_label
     from .analysis.drift_margin import drift_margin_summary, plot_drift_margin
-    from .analysis.restore import analyze_or_reuse
-    from .runs.checkpoint import write_json_atomic
+    from .core.atomic import atomic_write_json
 
     if args.robustness:
         return cmd_robustness(args)
@@ -277,7 +235,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         for run in runs:
             doc, reused = analyze_or_reuse(run, args.samples, args.seed, args.device, recompute=args.recompute)
             docs.append((run_label(doc, run if len(runs) > 1 else None), doc))
-            print(f"{run}/drift.json ({'reused' if reused else doc['source']}; {doc['samples_per_task']} samples "
+            print(f"{RunFolder(run).drift_file} ({'reused' if reused else doc['source']}; {doc['samples_per_task']} samples "
                   f"per task, seed {doc['sample_seed']})")
             for row in doc["summary"][1:]:
                 print(f"  after task {row['t'] + 1}: relation drift {row['relation_drift']:.4g}, spectral "
@@ -288,7 +246,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else (runs[0] if len(runs) == 1 else Path("analysis"))
     paths = plot_drift(docs, out)
     dm = drift_margin_summary([{**doc, "run": str(run)} for run, (_, doc) in zip(runs, docs)])
-    write_json_atomic(out / "drift_margin.json", dm)
+    atomic_write_json(out / "drift_margin.json", dm)
     paths.append(plot_drift_margin(dm, out / "drift_margin.png"))
     print(f"plots: {', '.join(str(p) for p in paths)}; correlations: {out / 'drift_margin.json'}")
     print(dm["reading"])
@@ -382,10 +340,10 @@ def build_parser() -> argparse.ArgumentParser:
     an.add_argument("--out", help="folder for the plots (default the run folder; ./analysis for several runs)")
     an.add_argument("--device", help="auto | cpu | cuda | cuda:N (default: the run's train.device)")
     an.add_argument("--recompute", action="store_true",
-                    help="recompute even if RUN_DIR/drift.json has the same sample")
+                    help=f"recompute even if RUN_DIR/{RunFolder.DRIFT} has the same sample")
     rb = an.add_argument_group("robustness", "--robustness: instead of the drift, how much the spectral, "
                                "batch-spectral and entry-wise losses and their gradients move under re-drawn "
-                               "estimates, and Weyl's bound (RUN_DIR/robustness.json; --seed seeds the re-draws)")
+                               f"estimates, and Weyl's bound (RUN_DIR/{RunFolder.ROBUSTNESS}; --seed seeds the re-draws)")
     rb.add_argument("--robustness", action="store_true", help="measure robustness instead of drift")
     rb.add_argument("--task", type=int, help="current task t (0-based, >= 1; default the last); previous = t-1")
     rb.add_argument("--batch-size", type=int, help="reference batch size (default train.batch_size)")
@@ -435,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except Interrupted as exc:
         where = getattr(exc, "run_dir", None)
-        if where is not None and not (Path(where) / "config.yaml").is_file():  # stopped before the run began
+        if where is not None and not RunFolder(where).is_run():  # stopped before the run began
             print(f"interrupted before anything was written to {where}; nothing to resume, start the run again",
                   file=sys.stderr)
         else:

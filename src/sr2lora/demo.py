@@ -13,7 +13,6 @@ efficiency, two processes at ~100%, and 1-thread and 2-thread runs of a seed giv
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -26,6 +25,7 @@ from pathlib import Path
 from .config import load_config
 from .core.errors import TrainingError
 from .core.signals import check_interrupt
+from .runs.folder import RunFolder
 from .runs.reuse import folder_state
 
 DEMO_METHODS = ("sr2lora", "seqlora", "frozen")
@@ -124,8 +124,8 @@ def run_demo(
     jobs: int = 1,
 ) -> Path:
     """Run (or reuse) each method's run under ``out/<method>``, print the table, write ``out/report``."""
+    from .launch import launch
     from .report.build import write_report
-    from .train.engine import Trainer
 
     out = Path(out)
     start = time.perf_counter()
@@ -159,9 +159,9 @@ def run_demo(
     else:
         for method, cfg, run_dir, _, resume in todo:
             print(f"{method} on {preset} (seed {cfg.seed}) -> {run_dir}", flush=True)
-            Trainer(load_config(str(run_dir / "config.yaml")) if resume else cfg, run_dir,
-                    progress=progress).run(resume=resume)
-    results = [json.loads((d / "results.json").read_text()) for d in run_dirs]
+            launch(load_config(str(RunFolder(run_dir).config_file)) if resume else cfg, run_dir, resume=resume,
+                   progress=progress)
+    results = [RunFolder(d).read_results() for d in run_dirs]
     report_dir = out / "report"
     written = write_report(run_dirs, report_dir)
     r0 = results[0]

@@ -28,6 +28,7 @@ import yaml
 
 from .config import ConfigError, RunConfig, load_config
 from .core.signals import check_interrupt
+from .runs.folder import RunFolder
 from .runs.reuse import folder_state
 
 
@@ -171,7 +172,8 @@ def run_sweep(preset: str, items: list[str], out: str | Path, seeds: list[int] |
     Returns {"runs": [...], "failed": [...], "report": path or None}. A run that fails with a TrainingError (a
     diverging setting) is reported and the sweep goes on.
     """
-    from .train.engine import Trainer, TrainingError
+    from .core.errors import TrainingError
+    from .launch import launch
 
     out = Path(out)
     runs = plan_sweep(preset, items, out, seeds)
@@ -189,17 +191,17 @@ def run_sweep(preset: str, items: list[str], out: str | Path, seeds: list[int] |
         try:
             if status == "resume":  # the same experiment; runtime keys (device, threads...) as planned now
                 print(f"{tag}: resuming", flush=True)
-                res = Trainer(r.cfg, r.out, progress=progress).run(resume=True)
+                res = launch(r.cfg, r.out, resume=True, progress=progress)
             else:
                 print(f"{tag}: running", flush=True)
-                res = Trainer(r.cfg, r.out, progress=progress).run()
+                res = launch(r.cfg, r.out, progress=progress)
         except TrainingError as exc:
             print(f"{tag}: FAILED: {exc}", flush=True)
             summary["failed"].append(str(r.out))
             continue
         print(f"{tag}: final accuracy {res['final_acc']:.2f}%, average {res['avg_acc']:.2f}%, "
               f"forgetting {res['forgetting']:.2f}", flush=True)
-    finished = [r.out for r in runs if (r.out / "results.json").is_file()]
+    finished = [r.out for r in runs if RunFolder(r.out).is_finished()]
     if report and finished:
         from .report.build import build_report
 

@@ -22,6 +22,7 @@ branches are never changed after their task), so one code path serves both the i
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,10 +31,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from ..core.atomic import atomic_write_json
 from ..core.hardware import float32_evaluation
 from ..methods.losses import relation_matrix, relation_spectrum
-from ..runs.checkpoint import write_json_atomic
-from ..runs.folder import discover_runs
+from ..models.state import snapshots_by_task
+from ..runs.folder import RunFolder, discover_runs
 from ..train.callbacks import Callback
 from ..train.evaluation import RunView, eval_loader, lora_tasks
 from .drift_margin import drift_margin_summary
@@ -273,47 +275,99 @@ def trainer_tracker(trainer: RunView, samples_per_task: int, seed: int, source: 
 
 
 class DriftLog(Callback):
-    """``analysis.enabled``: the drift tracker as a logger of the trainer; RUN/drift.json rewritten after every
-    task (``out_dir`` None: measured, not written)."""
+    """``analysis.enabled``: the drift tracker as a logger of the trainer; ``path`` (RUN/drift.json) rewritten
+    after every task by the main process, its records kept across a resume when the settings match (``path``
+    None: measured, not written)."""
 
-    def __init__(self, trainer: Trainer, out_dir: Path | None) -> None:
-        a = trainer.cfg.analysis
-        self.path = out_dir / "drift.json" if out_dir is not None else None
-        previous = trainer.out_dir / "drift.json" if trainer.out_dir is not None else None
-        self.tracker = trainer_tracker(trainer, a.samples_per_task, a.seed, "training", previous=previous)
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self.tracker: DriftTracker | None = None
+        self.write = False
+
+    def on_start(self, trainer: Trainer, first_task: int) -> None:
+        a = trainer.cfg.analysis  # every process measures (evaluation is sharded); the main one writes
+        self.tracker = trainer_tracker(trainer, a.samples_per_task, a.seed, "training", previous=self.path)
+        self.write = self.path is not None and trainer.dist.is_main
 
     def on_task(self, trainer: Trainer, t: int) -> None:
         self.tracker.step(t)
-        if self.path is not None:
-            write_json_atomic(self.path, self.tracker.to_json())
+        if self.write:
+            atomic_write_json(self.path, self.tracker.to_json())
 
 
 def find_run_dirs(paths: Sequence[str | Path]) -> list[Path]:
-    """Run folders to analyze: a folder with config.yaml as given, any other folder searched for finished runs."""
+    """Run folders to analyze: a run folder (finished or not) as given, any other folder searched for finished
+    runs."""
     out: list[Path] = []
     for p in paths:
         p = Path(p)
-        out.extend([p] if (p / "config.yaml").is_file() else discover_runs([p]))
+        out.extend([p] if RunFolder(p).is_run() else discover_runs([p]))
     return out
 
 
-def read_head_snapshots(run_dir: str | Path) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
-    """{t: (weight, bias)} of the heads as after task t, from RUN/checkpoint/heads.safetensors (empty if absent)."""
-    from safetensors.torch import load_file
+# ---------------------------------------------------------------- offline, from a finished run's checkpoint
 
-    from ..models.state import HEADS_GROUP, head_snapshot_keys
 
-    path = Path(run_dir) / "checkpoint" / f"{HEADS_GROUP}.safetensors"
-    if not path.is_file():
-        return {}
-    group = load_file(str(path))
-    out = {}
-    t = 0
-    while all(k in group for k in head_snapshot_keys(t)):
-        wk, bk = head_snapshot_keys(t)
-        out[t] = (group[wk], group[bk])
-        t += 1
-    return out
+def analyze_run(run_dir: str | Path, samples_per_task: int | None = None, seed: int | None = None,
+                device: str | None = None) -> dict[str, Any]:
+    """Recompute the drift measures of a run from its final checkpoint (no training); returns drift.json's dict.
+
+    Models after earlier tasks are exact (``tasks=s+1``); margins use the per-task head snapshots the checkpoint
+    holds (runs from before the snapshots existed fall back to the final heads, with a warning and
+    ``"heads": "final"`` in the result).
+    """
+    from .restore import restore_run
+
+    run_dir = Path(run_dir)
+    restored, learned = restore_run(run_dir, device)
+    cfg = restored.cfg
+    n = samples_per_task if samples_per_task is not None else cfg.analysis.samples_per_task
+    s = seed if seed is not None else cfg.analysis.seed
+    if n <= 0:
+        raise ValueError(f"--samples: must be positive, got {n}")
+    heads = snapshots_by_task(restored.run.groups.get(RunFolder.HEADS_GROUP, {}))
+    tracker = trainer_tracker(restored, n, s, "checkpoint", heads=heads)
+    for t in range(learned):
+        tracker.step(t)
+    doc = tracker.to_json()
+    missing = tracker.heads_missing
+    doc["heads"] = "final" if missing else "per-task snapshots"
+    if missing:
+        warnings.warn(f"{run_dir}: the checkpoint has no per-task head snapshots; margins use the final heads",
+                      stacklevel=2)
+    doc["run"] = str(run_dir)
+    doc["drift_margin"] = drift_margin_summary([doc])
+    return doc
+
+
+def analyze_or_reuse(run_dir: str | Path, samples_per_task: int | None = None, seed: int | None = None,
+                     device: str | None = None, recompute: bool = False) -> tuple[dict[str, Any], bool]:
+    """(drift document, reused?) for ``sr2lora analyze``: RUN/drift.json when it already covers every task with
+    the same sample (written during training or by an earlier call), else :func:`analyze_run`, saved there."""
+    from ..config import load_config
+    from ..core.errors import CheckpointError
+
+    folder = RunFolder(run_dir)
+    run_dir, path = folder.path, folder.drift_file
+    if path.is_file() and not recompute and folder.is_run():
+        a = load_config(str(folder.config_file)).analysis
+        want_n = samples_per_task if samples_per_task is not None else a.samples_per_task
+        want_seed = seed if seed is not None else a.seed
+        try:
+            doc = load_drift(path)
+            results = folder.read_results()
+        except (OSError, ValueError, CheckpointError):
+            doc, results = {}, {}
+        if (doc.get("schema") == SCHEMA and doc.get("samples_per_task") == want_n
+                and doc.get("sample_seed") == want_seed and doc.get("tasks_analyzed") == results.get("num_tasks")):
+            if "drift_margin" not in doc or "run" not in doc:  # written before these keys existed
+                doc["run"] = str(run_dir)
+                doc["drift_margin"] = drift_margin_summary([doc])
+                atomic_write_json(path, doc)
+            return doc, True
+    doc = analyze_run(run_dir, samples_per_task, seed, device)
+    atomic_write_json(path, doc)
+    return doc, False
 
 
 # ---------------------------------------------------------------- plots

@@ -10,7 +10,6 @@ uses during training; both compute through :mod:`sr2lora.train.evaluation`.
 from __future__ import annotations
 
 import json
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,17 +20,8 @@ import torch
 from ..core import distributed as ddp
 from ..core.hardware import resolve_device
 from ..data.run_data import prepare_data
-from ..runs.folder import (
-    check_scenario,
-    load_classifier,
-    load_method,
-    load_model,
-    method_class,
-    read_run,
-    run_transforms,
-)
-from .drift import SCHEMA, load_drift, read_head_snapshots, trainer_tracker
-from .drift_margin import drift_margin_summary
+from ..models.build import run_transforms
+from ..runs.saved import check_scenario, load_classifier, load_method, load_model, method_class, read_run
 
 if TYPE_CHECKING:
     from ..classifiers import Classifier
@@ -40,18 +30,18 @@ if TYPE_CHECKING:
     from ..data.scenario import Scenario
     from ..methods import Method
     from ..models.backbone import CILModel
-    from ..runs.folder import RunFolder
+    from ..runs.saved import SavedRun
 
 
 @dataclass
-class RestoredRun:
+class AnalysisRun:
     """A run's last checkpoint with the data it trained on, for offline measures (read-only by convention).
 
     It has the attributes evaluation reads of a trainer (:class:`sr2lora.train.evaluation.RunView`), so the drift
     tracker and the evaluation compute on it exactly as they did during training.
     """
 
-    run: RunFolder
+    run: SavedRun
     cfg: RunConfig
     data: RunData
     scenario: Scenario
@@ -65,7 +55,7 @@ class RestoredRun:
     bars: bool = False
 
 
-def restore_run(run_dir: str | Path, device: str | None = None) -> tuple[RestoredRun, int]:
+def restore_run(run_dir: str | Path, device: str | None = None) -> tuple[AnalysisRun, int]:
     """(the run's final checkpoint with its data, number of tasks it has learned) for offline analyses.
 
     Writes nothing and joins no process group (a caller under torchrun joins it first, as
@@ -97,71 +87,12 @@ def restore_run(run_dir: str | Path, device: str | None = None) -> tuple[Restore
     if cfg.train.compile:
         model.compile_backbone()
     _, train_tf, test_tf = run_transforms(cfg, model.vit)
-    restored = RestoredRun(
+    restored = AnalysisRun(
         run=run, cfg=cfg, data=data, scenario=data.scenario, model=model, method=load_method(run),
         classifier=load_classifier(run, model.embed_dim, data.scenario.offsets), device=dev,
         train_tf=train_tf, test_tf=test_tf, dist=dist,
     )
     return restored, run.learned
-
-
-def analyze_run(run_dir: str | Path, samples_per_task: int | None = None, seed: int | None = None,
-                device: str | None = None) -> dict[str, Any]:
-    """Recompute the drift measures of a run from its final checkpoint (no training); returns drift.json's dict.
-
-    Models after earlier tasks are exact (``tasks=s+1``); margins use the per-task head snapshots the checkpoint
-    holds (runs from before the snapshots existed fall back to the final heads, with a warning and
-    ``"heads": "final"`` in the result).
-    """
-    run_dir = Path(run_dir)
-    restored, learned = restore_run(run_dir, device)
-    cfg = restored.cfg
-    n = samples_per_task if samples_per_task is not None else cfg.analysis.samples_per_task
-    s = seed if seed is not None else cfg.analysis.seed
-    if n <= 0:
-        raise ValueError(f"--samples: must be positive, got {n}")
-    tracker = trainer_tracker(restored, n, s, "checkpoint", heads=read_head_snapshots(run_dir))
-    for t in range(learned):
-        tracker.step(t)
-    doc = tracker.to_json()
-    missing = tracker.heads_missing
-    doc["heads"] = "final" if missing else "per-task snapshots"
-    if missing:
-        warnings.warn(f"{run_dir}: the checkpoint has no per-task head snapshots; margins use the final heads",
-                      stacklevel=2)
-    doc["run"] = str(run_dir)
-    doc["drift_margin"] = drift_margin_summary([doc])
-    return doc
-
-
-def analyze_or_reuse(run_dir: str | Path, samples_per_task: int | None = None, seed: int | None = None,
-                     device: str | None = None, recompute: bool = False) -> tuple[dict[str, Any], bool]:
-    """(drift document, reused?) for ``sr2lora analyze``: RUN/drift.json when it already covers every task with
-    the same sample (written during training or by an earlier call), else :func:`analyze_run`, saved there."""
-    from ..config import load_config
-    from ..runs.checkpoint import write_json_atomic
-
-    run_dir = Path(run_dir)
-    path = run_dir / "drift.json"
-    if path.is_file() and not recompute and (run_dir / "config.yaml").is_file():
-        a = load_config(str(run_dir / "config.yaml")).analysis
-        want_n = samples_per_task if samples_per_task is not None else a.samples_per_task
-        want_seed = seed if seed is not None else a.seed
-        try:
-            doc = load_drift(path)
-            results = json.loads((run_dir / "results.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            doc, results = {}, {}
-        if (doc.get("schema") == SCHEMA and doc.get("samples_per_task") == want_n
-                and doc.get("sample_seed") == want_seed and doc.get("tasks_analyzed") == results.get("num_tasks")):
-            if "drift_margin" not in doc or "run" not in doc:  # written before these keys existed
-                doc["run"] = str(run_dir)
-                doc["drift_margin"] = drift_margin_summary([doc])
-                write_json_atomic(path, doc)
-            return doc, True
-    doc = analyze_run(run_dir, samples_per_task, seed, device)
-    write_json_atomic(path, doc)
-    return doc, False
 
 
 def evaluate_run(run_dir: str, out_json: str | None = None) -> dict:

@@ -40,7 +40,7 @@ from ..methods.losses import batch_spectral_relation_loss, entrywise_relation_lo
 from .stats import merge_weyl, weyl_check
 
 if TYPE_CHECKING:
-    from .restore import RestoredRun
+    from .restore import AnalysisRun
 
 SCHEMA = "sr2lora.robustness/1"
 LOSSES: dict[str, Callable[..., torch.Tensor]] = {
@@ -210,7 +210,7 @@ def _seed(*parts: int) -> int:
     return int(np.random.default_rng([int(p) for p in parts]).integers(2**62))
 
 
-def run_settings(trainer: RestoredRun, t: int, opts: RobustnessOptions, features: FeatureFn,
+def run_settings(trainer: AnalysisRun, t: int, opts: RobustnessOptions, features: FeatureFn,
                  h_ref: tuple[torch.Tensor, torch.Tensor], ref_idx: np.ndarray, task_idx: np.ndarray) -> list[Setting]:
     """The perturbation settings of a run: augmentation, another batch, feature noise (ε sweep), batch sizes."""
     from ..data.scenario import TaskView

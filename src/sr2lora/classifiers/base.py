@@ -17,11 +17,24 @@ from typing import TYPE_CHECKING, ClassVar
 import torch
 from torch import nn
 
-from ..core.errors import ConfigError
+from ..core.errors import ConfigError, TrainingError
 
 if TYPE_CHECKING:
     from ..config import RunConfig
     from ..models.heads import TaskHeads
+
+
+def check_finite_after(stage: str, t: int, tensors: dict[str, torch.Tensor], fix: str) -> None:
+    """Raise TrainingError when a stage left a NaN/inf in ``tensors`` (name -> tensor), naming the stage, the
+    first offending tensors and ``fix`` (the setting to change): a diverged stage must stop the run rather
+    than let it finish with a result it knows to be wrong."""
+    bad = [name for name, v in tensors.items() if v.numel() and not bool(torch.isfinite(v.detach()).all())]
+    if bad:
+        more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+        raise TrainingError(
+            f"task {t + 1}: {stage} produced non-finite values (NaN/inf) in {', '.join(bad[:5])}{more}; {fix}. "
+            f"The last complete task's checkpoint is kept."
+        )
 
 
 class Classifier:

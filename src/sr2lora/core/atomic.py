@@ -19,6 +19,7 @@ Replacing a whole folder (the checkpoint) is a different protocol; see :mod:`sr2
 from __future__ import annotations
 
 import json
+import math
 import os
 import secrets
 from collections.abc import Iterator
@@ -101,8 +102,24 @@ def atomic_write_text(path: str | Path, text: str, *, encoding: str = "utf-8", f
         fh.write(text)
 
 
-def atomic_write_json(path: str | Path, data: Any, *, indent: int | None = 2, fsync: bool = True) -> None:
-    """Replace ``path`` with ``data`` as JSON (UTF-8, ``allow_nan=False``: NaN is not JSON) atomically.
+def json_safe(data: Any) -> Any:
+    """``data`` with every NaN/inf float replaced by None: JSON has no NaN, and a file holding one is not JSON.
 
-    The text is built before the temporary file is created, so data that cannot be written leaves nothing."""
-    atomic_write_text(path, json.dumps(data, indent=indent, allow_nan=False), fsync=fsync)
+    What remains after a run stops on any diverged stage are undefined values (an accuracy over zero test
+    images); the documents say why next to them (e.g. ``empty_eval_tasks`` in results.json).
+    """
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {k: json_safe(v) for k, v in data.items()}
+    if isinstance(data, list | tuple):
+        return [json_safe(v) for v in data]
+    return data
+
+
+def atomic_write_json(path: str | Path, data: Any, *, indent: int | None = 2, fsync: bool = True) -> None:
+    """Replace ``path`` with ``data`` as JSON (UTF-8) atomically: the one JSON writer of the package.
+
+    Non-finite floats are written as null (:func:`json_safe`), so the file is always valid JSON. The text is
+    built before the temporary file is created, so data that cannot be written leaves nothing."""
+    atomic_write_text(path, json.dumps(json_safe(data), indent=indent, allow_nan=False), fsync=fsync)

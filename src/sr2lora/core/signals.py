@@ -56,21 +56,35 @@ def _handler(signum: int, frame: object) -> None:
     request_stop(signum)
 
 
+_depth = 0  # nested stop_on_signals blocks (a sweep's around each run's): only the outermost installs
+
+
 @contextmanager
 def stop_on_signals(signums: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM)) -> Iterator[None]:
     """Within the block, ``signums`` request a clean stop instead of killing the process.
 
-    Handlers can only be installed from the main thread; elsewhere the block runs without them.
+    Handlers can only be installed from the main thread; elsewhere the block runs without them. A block inside
+    another (a sweep starting each run through :func:`sr2lora.launch.launch`) keeps the outer handlers and a
+    stop already requested.
     """
-    global _requested
+    global _requested, _depth
+    if _depth > 0:
+        _depth += 1
+        try:
+            yield
+        finally:
+            _depth -= 1
+        return
     _requested = None
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     previous = {s: signal.signal(s, _handler) for s in signums}
+    _depth = 1
     try:
         yield
     finally:
+        _depth = 0
         for s, h in previous.items():
             signal.signal(s, h)
         _requested = None

@@ -1,7 +1,7 @@
 """Use a finished run: load it as one model over all learned classes, or export it as one plain timm model.
 
 A run folder holds no backbone weights, only the LoRA factors and heads (``checkpoint/model.safetensors``), so
-:func:`load_run` rebuilds the backbone exactly as the engine did (:func:`sr2lora.runs.folder.load_model`): ``create_vit``
+:func:`load_run` rebuilds the backbone exactly as the engine did (:func:`sr2lora.runs.saved.load_model`): ``create_vit``
 from the saved ``config.yaml`` under the run's backbone seed. For ``model.pretrained=false`` (the smoke
 preset) that seeded random init is the backbone; for pre-trained backbones it is the weights file or timm's
 hub cache (``imgfocus-vits14``: the cached converted weights). The ``backbone_sha256`` the engine stores in
@@ -29,11 +29,12 @@ import torch
 from torch import nn
 
 from ..config import RunConfig
-from ..core.atomic import atomic_path
+from ..core.atomic import atomic_path, atomic_write_json
+from ..core.errors import CheckpointError
 from ..core.hardware import float32_evaluation
+from ..models.build import run_transforms
 from ..models.state import plain_backbone_state
-from ..runs.checkpoint import CheckpointError, write_json_atomic
-from ..runs.folder import load_classifier, load_model, method_class, read_run, run_transforms
+from ..runs.saved import load_classifier, load_model, method_class, read_run
 
 EXPORT_FORMAT = "sr2lora-export/1"
 
@@ -265,5 +266,5 @@ def export_run(run_dir: str | Path, out_file: str | Path, task: int | None = Non
         },
         "versions": {"sr2lora": __version__, "torch": torch.__version__, "timm": timm.__version__},
     }
-    write_json_atomic(out.with_suffix(".json"), sidecar)
+    atomic_write_json(out.with_suffix(".json"), sidecar)
     return out

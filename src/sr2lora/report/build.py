@@ -30,8 +30,7 @@ import numpy as np
 import yaml
 
 from ..config import RUNTIME_KEYS, flatten
-from ..core.atomic import atomic_write_text
-from ..runs.checkpoint import json_safe
+from ..core.atomic import atomic_write_json, atomic_write_text
 from ..runs.folder import discover_runs
 from .render import html_table, md_table, pyplot, save_figure
 
@@ -451,7 +450,7 @@ def build_report(paths: Iterable[str | Path], out_dir: str | Path) -> dict[str, 
         "theory": theory,
     }
     # NaN (an undefined mean) is written as null: a report.json must stay valid JSON
-    (out_dir / "report.json").write_text(json.dumps(json_safe(doc), indent=2, allow_nan=False), encoding="utf-8")
+    atomic_write_json(out_dir / "report.json", doc)
     _write_md(doc, presets, figures, out_dir / "report.md")
     _write_html(doc, presets, figures, out_dir / "report.html")
     return doc

@@ -1,18 +1,8 @@
 """Atomic per-task checkpoints: tensors in safetensors, everything else in JSON, never pickle.
 
-Layout of a run folder::
-
-    RUN/config.yaml          resolved config (written before training)
-    RUN/checkpoint/          the last complete task:
-        model.safetensors    LoRA factors (A, B) of every task so far and every task's head
-        stats.safetensors    class statistics for classifier alignment (mean, Cholesky factor, count)
-        method.safetensors   the method's own state carried across tasks (may be empty)
-        heads.safetensors    the heads as after each task (sr2lora.models.state)
-        state.json           scenario position (task index, num_tasks, class order, task offsets), the
-                             metrics so far (accuracy matrix, curve, counts, per-epoch rows, task times),
-                             the sha256 of RUN/config.yaml and the dataset's identity
-        manifest.json        every file above with its sha256, written last; resume verifies it
-    RUN/results.json         written when the run finishes
+The folder's layout and its file names are :class:`sr2lora.runs.folder.RunFolder`'s: ``RUN/checkpoint/`` holds
+one safetensors file per tensor group (model, stats, method, heads), ``state.json`` (scenario position, metrics
+so far, the config's sha256, the dataset's identity) and ``manifest.json`` (every file's sha256, written last).
 
 Nothing is pickled: loading uses ``safetensors.torch.load_file`` and ``json``, which cannot run code, so a
 crafted file is refused as "not a valid safetensors file" rather than executed.
@@ -52,10 +42,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..core.atomic import atomic_write_json
+from .folder import RunFolder
 from ..core.cache import file_sha256
 from ..core.errors import CheckpointError
 
-CKPT_DIR = "checkpoint"
 PAUSE_ENV = "SR2LORA_TEST_PAUSE_IN_CHECKPOINT"
 STATE_KEYS = ("task", "matrix", "curve", "counts", "task_seconds")  # what a resume needs from state.json
 # Errors of a write that fails for lack of room or rights: reported as a CheckpointError, not a traceback.
@@ -76,52 +66,31 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def json_safe(data: Any) -> Any:
-    """``data`` with every NaN/inf float replaced by None: JSON has no NaN, and a file holding one is not JSON.
-
-    The engine stops on a diverged stage, so what remains are undefined values (an accuracy over zero test
-    images); results.json says why next to them (``empty_eval_tasks``).
-    """
-    if isinstance(data, float):
-        return data if math.isfinite(data) else None
-    if isinstance(data, dict):
-        return {k: json_safe(v) for k, v in data.items()}
-    if isinstance(data, list | tuple):
-        return [json_safe(v) for v in data]
-    return data
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON to ``path`` via a fsynced temp file and rename, so readers never see half a file.
-
-    Non-finite floats are written as null (:func:`json_safe`)."""
-    atomic_write_json(path, json_safe(data))
-
-
 def _contiguous(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
 
 
 def save_checkpoint(run_dir: Path, tensors: dict[str, dict[str, torch.Tensor]], state: dict[str, Any]) -> Path:
-    """Atomically replace ``run_dir/checkpoint`` with ``{name}.safetensors`` files and ``state.json``."""
-    run_dir = Path(run_dir)
-    tmp = Path(tempfile.mkdtemp(prefix=f"{CKPT_DIR}.tmp-", dir=run_dir))
+    """Atomically replace ``run_dir``'s checkpoint with one safetensors file per group and the state JSON."""
+    folder = RunFolder(run_dir)
+    run_dir = folder.path
+    tmp = Path(tempfile.mkdtemp(prefix=f"{folder.CHECKPOINT}.tmp-", dir=run_dir))
     try:
         for name, group in tensors.items():
-            target = tmp / f"{name}.safetensors"
+            target = folder.group_file(name, tmp)
             save_file(_contiguous(group) if group else {"_empty": torch.zeros(1)}, str(target))
             with open(target, "rb") as fh:
                 os.fsync(fh.fileno())
-        write_json_atomic(tmp / "state.json", state)
+        atomic_write_json(tmp / folder.STATE, state)
         write_manifest(tmp)  # last: every file above with its sha256
         _fsync_dir(tmp)
         pause = os.environ.get(PAUSE_ENV)
         if pause:  # test-only hook (see the module docstring)
             time.sleep(float(pause))
-        final = run_dir / CKPT_DIR
+        final = folder.checkpoint_dir
         old = None
         if final.exists():
-            old = run_dir / f"{CKPT_DIR}.old-{os.getpid()}"
+            old = run_dir / f"{folder.CHECKPOINT}.old-{os.getpid()}"
             os.replace(final, old)
         os.replace(tmp, final)
         _fsync_dir(run_dir)
@@ -131,7 +100,7 @@ def save_checkpoint(run_dir: Path, tensors: dict[str, dict[str, torch.Tensor]], 
     except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(exc, OSError) and exc.errno in WRITE_ERRNOS:
-            kept = "the previous checkpoint is intact" if (run_dir / CKPT_DIR).exists() else "no checkpoint yet"
+            kept = "the previous checkpoint is intact" if folder.checkpoint_dir.exists() else "no checkpoint yet"
             raise CheckpointError(
                 f"cannot write the checkpoint into {run_dir}: {exc.strerror} ({exc.filename or run_dir}); "
                 f"{kept}. Free space or fix permissions, then continue with `sr2lora run --resume {run_dir}`"
@@ -139,13 +108,13 @@ def save_checkpoint(run_dir: Path, tensors: dict[str, dict[str, torch.Tensor]], 
         raise
 
 
-MANIFEST = "manifest.json"
+MANIFEST = RunFolder.MANIFEST
 
 
 def write_manifest(ckpt: Path) -> None:
     """Write ``ckpt/manifest.json``: {file name: sha256} of every file in the checkpoint folder."""
     files = {f.name: file_sha256(f) for f in sorted(ckpt.iterdir()) if f.is_file() and f.name != MANIFEST}
-    write_json_atomic(ckpt / MANIFEST, {"files": files})
+    atomic_write_json(ckpt / MANIFEST, {"files": files})
 
 
 def verify_manifest(ckpt: Path) -> None:
@@ -181,14 +150,14 @@ def verify_manifest(ckpt: Path) -> None:
 
 def clean_partial(run_dir: Path) -> None:
     """Remove temp folders left by a crash during a checkpoint write; restore a swapped-out checkpoint."""
-    run_dir = Path(run_dir)
-    final = run_dir / CKPT_DIR
-    for p in run_dir.glob(f"{CKPT_DIR}.old-*"):
+    folder = RunFolder(run_dir)
+    final = folder.checkpoint_dir
+    for p in folder.swapped_checkpoints():
         if not final.exists():
             os.replace(p, final)
         else:
             shutil.rmtree(p, ignore_errors=True)
-    for p in run_dir.glob(f"{CKPT_DIR}.tmp-*"):
+    for p in folder.temp_checkpoints():
         shutil.rmtree(p, ignore_errors=True)
 
 
@@ -198,11 +167,11 @@ def load_checkpoint(
     """(tensor groups, state) of the last complete task, or None when the run has no checkpoint yet.
 
     ``verify=True`` (resume) also checks every file against ``manifest.json`` (:func:`verify_manifest`)."""
-    ckpt = Path(run_dir) / CKPT_DIR
-    state_file = ckpt / "state.json"
+    folder = RunFolder(run_dir)
+    ckpt, state_file = folder.checkpoint_dir, folder.state_file
     if not state_file.exists():
         if ckpt.is_dir() and any(ckpt.iterdir()):  # the atomic swap never leaves this: files were removed
-            raise CheckpointError(f"{ckpt}: incomplete checkpoint (no state.json); the run folder was altered")
+            raise CheckpointError(f"{ckpt}: incomplete checkpoint (no {folder.STATE}); the run folder was altered")
         return None
     try:
         state = json.loads(state_file.read_text(encoding="utf-8"))
@@ -224,13 +193,26 @@ def load_checkpoint(
     return groups, state
 
 
+def read_group(run_dir: Path, group: str) -> dict[str, torch.Tensor]:
+    """One tensor group of the checkpoint on disk, or {} when it is missing or unreadable (used for the head
+    snapshots, whose loss only costs older snapshots, never the run)."""
+    path = RunFolder(run_dir).group_file(group)
+    if not path.is_file():
+        return {}
+    try:
+        return load_file(str(path))
+    except Exception:
+        return {}
+
+
 def check_resumable(run_dir: Path) -> None:
     """Before any work on ``--resume``: config.yaml unchanged and, when there is a checkpoint, its files intact
     (``checkpoint.old-*`` left by a crash mid-swap is put back first, as the resume itself would)."""
     run_dir = Path(run_dir)
     check_config_unchanged(run_dir)
-    ckpt = run_dir / CKPT_DIR
-    if not ckpt.exists() and any(run_dir.glob(f"{CKPT_DIR}.old-*")):
+    folder = RunFolder(run_dir)
+    ckpt = folder.checkpoint_dir
+    if not ckpt.exists() and folder.swapped_checkpoints():
         return  # the engine restores the swapped-out checkpoint and verifies it then
     load_checkpoint(run_dir, verify=True)  # a file that is not safetensors is named as such, then the manifest
 
@@ -242,7 +224,7 @@ def check_config_unchanged(run_dir: Path, state: dict[str, Any] | None = None) -
     """
     run_dir = Path(run_dir)
     if state is None:
-        state_file = run_dir / CKPT_DIR / "state.json"
+        state_file = RunFolder(run_dir).state_file
         if not state_file.is_file():
             return
         try:
@@ -252,7 +234,7 @@ def check_config_unchanged(run_dir: Path, state: dict[str, Any] | None = None) -
     expected = state.get("config_sha256") if isinstance(state, dict) else None
     if not expected:
         return
-    cfg_file = run_dir / "config.yaml"
+    cfg_file = RunFolder(run_dir).config_file
     actual = file_sha256(cfg_file) if cfg_file.is_file() else None
     if actual != expected:
         raise CheckpointError(

@@ -1,306 +1,194 @@
-"""Reading a run folder: finding finished runs, and bringing one back without training.
+"""The run folder: the one place that knows what a run writes and under which names.
 
-A run folder (layout in :mod:`sr2lora.runs.checkpoint`) holds ``config.yaml``, the last complete task's checkpoint and,
-once finished, ``results.json``. This module is the one way to read it: :func:`read_run` gives the config, the
-checkpoint's tensor groups and state (metrics so far, class order, offsets) and the results; :func:`load_model`
-rebuilds the model (the frozen backbone exactly as the engine built it, the LoRA branches and heads from the
-checkpoint), :func:`load_classifier` and :func:`load_method` the classifier's statistics and the method's state.
-None of them builds the dataset, joins a process group or writes a file, so predict, export and analyses can
-load a run that lives on a read-only disk, away from its dataset. Resuming a run (``Trainer.restore``) loads the
-model state with the same functions (:func:`restore_weights`).
+Layout (everything sr2lora writes into ``--out RUN``)::
 
-The checkpoint stores only what training changes (:func:`is_stored_weight`): the LoRA factors and the heads.
-The backbone is rebuilt from ``config.yaml`` under the run's backbone seed (:func:`rebuild_model`): for
-``model.pretrained=false`` (the smoke preset) that seeded random init is the backbone, otherwise the weights file
-or timm's hub cache. The ``backbone_sha256`` the engine records is checked, so a backbone rebuilt differently
-(another torch/timm version, changed weights) is an error rather than silently wrong predictions.
+    RUN/config.yaml          the fully resolved config, written before training (itself a valid --preset)
+    RUN/checkpoint/          the last complete task (sr2lora.runs.checkpoint):
+        model.safetensors    LoRA factors (A, B) of every task so far and every task's head
+        stats.safetensors    the classifier's state (class statistics, ridge solution, ...)
+        method.safetensors   the method's own state carried across tasks (may be empty)
+        heads.safetensors    the heads as after each task
+        state.json           task index, metrics so far, class order, task offsets, hashes
+        manifest.json        every file above with its sha256, written last
+    RUN/metrics.csv          one row per training epoch
+    RUN/tb/                  TensorBoard scalars
+    RUN/results.json         written when the run finishes
+    RUN/drift.json           the drift analysis (analysis.enabled, or sr2lora analyze)
+    RUN/robustness.json      sr2lora analyze --robustness
+    RUN/.sr2lora.lock        while a process writes the folder (sr2lora.runs.lock)
+
+:class:`RunFolder` names these paths and reads nothing when it is made; every other module asks it for a path
+instead of spelling a file name (a test checks). Reading what a folder holds is :mod:`sr2lora.runs.saved`.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import torch
+from ..config import RunConfig
+from ..core.errors import CheckpointError, OutputError
 
-from .checkpoint import CKPT_DIR, load_checkpoint
-from ..config import RunConfig, load_config
-from ..core.errors import CheckpointError
-from ..core.seeding import BACKBONE_TASK, task_seed
 
-if TYPE_CHECKING:
-    from torch import nn
+class RunFolder:
+    """A run folder's paths (nothing is read or created when one is made)."""
 
-    from ..classifiers import Classifier
-    from ..methods import Method
-    from ..models.backbone import CILModel
+    CONFIG = "config.yaml"
+    RESULTS = "results.json"
+    METRICS = "metrics.csv"
+    TENSORBOARD = "tb"
+    DRIFT = "drift.json"
+    ROBUSTNESS = "robustness.json"
+    CHECKPOINT = "checkpoint"
+    LOCK = ".sr2lora.lock"
+    # inside checkpoint/
+    STATE = "state.json"
+    MANIFEST = "manifest.json"
+    GROUPS = ("model", "stats", "method", "heads")  # the tensor groups, one safetensors file each
+    HEADS_GROUP = "heads"  # the heads as after each task (sr2lora.models.state)
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"RunFolder({str(self.path)!r})"
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+    # ---- paths
+    @property
+    def config_file(self) -> Path:
+        return self.path / self.CONFIG
+
+    @property
+    def results_file(self) -> Path:
+        return self.path / self.RESULTS
+
+    @property
+    def metrics_file(self) -> Path:
+        return self.path / self.METRICS
+
+    @property
+    def tensorboard_dir(self) -> Path:
+        return self.path / self.TENSORBOARD
+
+    @property
+    def drift_file(self) -> Path:
+        return self.path / self.DRIFT
+
+    @property
+    def robustness_file(self) -> Path:
+        return self.path / self.ROBUSTNESS
+
+    @property
+    def lock_file(self) -> Path:
+        return self.path / self.LOCK
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.path / self.CHECKPOINT
+
+    @property
+    def state_file(self) -> Path:
+        return self.checkpoint_dir / self.STATE
+
+    def group_file(self, group: str, checkpoint: Path | None = None) -> Path:
+        """``checkpoint/<group>.safetensors`` (of ``checkpoint``, a folder being written, when given)."""
+        return (checkpoint or self.checkpoint_dir) / f"{group}.safetensors"
+
+    def temp_checkpoints(self) -> list[Path]:
+        """Checkpoint folders left half-written by a crash (``checkpoint.tmp-*``)."""
+        return sorted(self.path.glob(f"{self.CHECKPOINT}.tmp-*"))
+
+    def swapped_checkpoints(self) -> list[Path]:
+        """Previous checkpoints left by a crash between the two renames of a swap (``checkpoint.old-*``)."""
+        return sorted(self.path.glob(f"{self.CHECKPOINT}.old-*"))
+
+    # ---- what is there
+    def is_run(self) -> bool:
+        """Whether a run was started here (its config.yaml exists)."""
+        return self.config_file.is_file()
+
+    def is_finished(self) -> bool:
+        """Whether the run finished (its results.json exists)."""
+        return self.results_file.is_file()
+
+    def read_results(self) -> dict[str, Any]:
+        """results.json as a dict; CheckpointError naming the file when it is missing or not a JSON object."""
+        try:
+            results = json.loads(self.results_file.read_text(encoding="utf-8"))
+        except FileNotFoundError as exc:
+            raise CheckpointError(f"{self.path}: the run is not finished (no {self.RESULTS}); finish it with "
+                                  f"`sr2lora run --resume {self.path}`") from exc
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise CheckpointError(f"{self.results_file}: unreadable results ({exc})") from exc
+        if not isinstance(results, dict):
+            raise CheckpointError(f"{self.results_file}: expected a JSON object, got a {type(results).__name__}")
+        return results
 
 
 def discover_runs(paths: Iterable[str | Path]) -> list[Path]:
-    """Run folders among ``paths``: a folder with results.json, or every such folder below a parent folder."""
+    """Finished run folders among ``paths``: a folder holding results.json, or every such folder below a parent."""
     found: list[Path] = []
     for p in paths:
         p = Path(p)
-        if (p / "results.json").is_file():
+        if RunFolder(p).is_finished():
             cands = [p]
         elif p.is_dir():
-            cands = sorted(f.parent for f in p.rglob("results.json"))
+            cands = sorted(f.parent for f in p.rglob(RunFolder.RESULTS))
         else:
             raise FileNotFoundError(f"{p}: no such folder")
         if not cands:
-            raise FileNotFoundError(f"{p}: no run folder (results.json) in it")
+            raise FileNotFoundError(f"{p}: no run folder ({RunFolder.RESULTS}) in it")
         for c in cands:
             if c.resolve() not in {f.resolve() for f in found}:
                 found.append(c)
     return found
 
 
-# ---------------------------------------------------------------- what the checkpoint keeps of the model
+# ---------------------------------------------------------------- before anything is written
 
 
-def is_stored_weight(key: str) -> bool:
-    """Whether model state ``key`` is saved in the checkpoint: everything but the frozen backbone (LoRA factors
-    ``vit.….A.s`` / ``.B.s`` and the heads), which is rebuilt from config.yaml instead."""
-    return not key.startswith("vit.") or ".A." in key or ".B." in key
-
-
-def stored_weights(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The part of ``model``'s state dict the checkpoint keeps (``model.safetensors``)."""
-    return {k: v for k, v in model.state_dict().items() if is_stored_weight(k)}
-
-
-def restore_weights(model: CILModel, weights: dict[str, torch.Tensor], task_sizes: Sequence[int],
-                    device: torch.device | str, where: str | Path) -> None:
-    """Give ``model`` (as built, no task yet) one task of each size, load the saved ``weights`` into it, move it to
-    ``device`` and fold every LoRA branch into the fixed weights (the model as after the last of these tasks).
-
-    Every stored key must match: a missing LoRA factor or head, or a key the model lacks, is a
-    CheckpointError naming ``where`` (the run folder).
-    """
-    for n in task_sizes:
-        model.add_task(int(n))
-    missing, unexpected = model.load_state_dict(weights, strict=False)
-    bad = [k for k in missing if is_stored_weight(k)] + list(unexpected)
-    if bad:
-        raise CheckpointError(f"{where}: the checkpoint does not match the model rebuilt from config.yaml: {bad[:5]}")
-    model.to(device)
-    model.fold()
-
-
-def backbone_mean_std(vit: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
-    """(mean, std) the backbone's pre-trained config names (``data.normalize=backbone``), or None."""
-    pc = getattr(vit, "pretrained_cfg", None) or {}
-    if "mean" in pc and "std" in pc:
-        return tuple(pc["mean"]), tuple(pc["std"])
-    return None
-
-
-def run_transforms(cfg: RunConfig, vit: nn.Module) -> tuple[Any, Any, Any]:
-    """(mean/std or None, train transform, test transform) of a run with backbone ``vit`` (``data.*``)."""
-    from ..data.transforms import build_transforms, normalization
-
-    d = cfg.data
-    mean_std = normalization(d.normalize, backbone_mean_std(vit))
-    train_tf, test_tf = build_transforms(d.image_size, d.train_scale, d.train_ratio, d.hflip, d.resize_ratio,
-                                         mean_std)
-    return mean_std, train_tf, test_tf
-
-
-def build_model(cfg: RunConfig, uses_lora: bool) -> CILModel:
-    """The frozen backbone named by ``model.backbone`` wrapped with LoRA (when the method uses it) and heads."""
-    from ..models.backbone import CILModel, create_vit
-
-    m = cfg.model
-    vit = create_vit(m.backbone, m.pretrained, img_size=cfg.data.image_size, timm_kwargs=m.timm_kwargs)
-    return CILModel(vit, rank=m.rank, targets=m.lora_targets, use_lora=uses_lora)
-
-
-def rebuild_model(cfg: RunConfig, uses_lora: bool) -> CILModel:
-    """:func:`build_model` under the run's backbone seed, as the engine builds it, leaving the caller's random
-    state untouched (no task yet)."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(task_seed(cfg.seed, BACKBONE_TASK))
-        return build_model(cfg, uses_lora)
-
-
-# ---------------------------------------------------------------- a run folder
-
-
-@dataclass
-class RunFolder:
-    """What a run folder holds, read and checked, nothing built: see :func:`read_run`."""
-
-    path: Path
-    config: RunConfig
-    groups: dict[str, dict[str, torch.Tensor]]  # checkpoint tensor groups: model, stats, method, heads
-    state: dict[str, Any]  # checkpoint/state.json: task, metrics so far, class order, offsets, hashes
-    results: dict[str, Any] | None  # results.json; None while the run is not finished
-
-    @property
-    def task(self) -> int:
-        """The last task the checkpoint holds (0-based)."""
-        return int(self.state["task"])
-
-    @property
-    def learned(self) -> int:
-        """How many tasks the checkpoint's model has learned."""
-        return self.task + 1
-
-    @property
-    def offsets(self) -> list[int]:
-        """The run's task offsets (label ranges of the tasks), as recorded in the checkpoint or results."""
-        if "offsets" in self.state:
-            return [int(o) for o in self.state["offsets"]]
-        if self.results is not None:
-            return [int(o) for o in self.results["task_offsets"]]
-        raise CheckpointError(f"{self.path}: the checkpoint records no task offsets (written by an older sr2lora?)")
-
-
-def read_run(run_dir: str | Path, overrides: Sequence[str] = (), *, finished: bool = True,
-             verify: bool = False) -> RunFolder:
-    """Read ``run_dir``: its config (with runtime ``overrides`` such as ``train.device=cpu``), checkpoint and results.
-
-    ``finished=True`` (predict, export) requires results.json and a checkpoint of the last task; ``False``
-    (analyses) accepts any checkpoint, and ``state`` is then empty when there is none. ``verify`` checks the
-    checkpoint's files against its manifest. Errors are CheckpointErrors saying what is missing and what to do.
-    """
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise CheckpointError(f"{run_dir}: no such run folder")
-    cfg_file = run_dir / "config.yaml"
-    if not cfg_file.is_file():
-        raise CheckpointError(f"{run_dir}: not a run folder (no config.yaml); train one with `sr2lora run`")
-    results = None
-    res_file = run_dir / "results.json"
-    if finished and not res_file.is_file():
-        raise CheckpointError(
-            f"{run_dir}: the run is not finished (no results.json); finish it with `sr2lora run --resume {run_dir}`"
-        )
-    if res_file.is_file():
+def check_output_writable(out_dir: str | Path) -> None:
+    """Create ``out_dir`` (with parents) and write, fsync and remove a probe file; OutputError if any fails."""
+    out = Path(out_dir)
+    probe = out / f".sr2lora-write-probe-{os.getpid()}"
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with open(probe, "wb") as fh:
+            fh.write(b"sr2lora write probe\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+    except OSError as exc:
+        raise OutputError(
+            f"output folder {out}: cannot create or write it ({exc.strerror or exc}); choose another with --out"
+        ) from exc
+    finally:
         try:
-            results = json.loads(res_file.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
-            if finished:
-                raise CheckpointError(f"{res_file}: unreadable results ({exc})") from exc
-    if finished:
-        for key in ("class_names", "task_offsets", "num_tasks"):
-            if key not in results:
-                raise CheckpointError(f"{res_file}: has no {key!r} (written by an older sr2lora?); cannot load the run")
-    cfg = load_config(str(cfg_file), list(overrides))
-    loaded = load_checkpoint(run_dir, verify=verify)
-    if loaded is None:
-        if finished:
-            raise CheckpointError(
-                f"{run_dir}: no checkpoint (checkpoint/state.json missing); the run folder is incomplete")
-        if any(run_dir.glob(f"{CKPT_DIR}.old-*")):  # a crash mid-swap: only a resume may move it back
-            raise CheckpointError(f"{run_dir}: the checkpoint was left mid-write by a crash; `sr2lora run --resume "
-                                  f"{run_dir}` puts it back")
-        return RunFolder(run_dir, cfg, {}, {}, results)
-    groups, state = loaded
-    if finished and (int(state.get("task", -1)) != int(results["num_tasks"]) - 1 or "model" not in groups):
-        raise CheckpointError(
-            f"{run_dir}: the checkpoint holds task {int(state.get('task', -1)) + 1} of {results['num_tasks']}, "
-            f"not the finished run; resume it with `sr2lora run --resume {run_dir}`"
+            probe.unlink(missing_ok=True)
+        except OSError:
+            pass
+
+
+def check_out_outside_data(cfg: RunConfig, out_dir: str | Path) -> None:
+    """Raise OutputError when ``out_dir`` lies inside the dataset's folder: a run folder there is read as a
+    class (or its report's PNGs as images) by the next scan, and nothing may be written into a data folder."""
+    d = cfg.data
+    if d.dataset == "smoke":
+        return
+    if d.root:
+        root = Path(d.root).expanduser()
+    else:
+        from ..data.folders import default_data_root
+
+        root = default_data_root() / d.dataset
+    data_real, out_real = os.path.realpath(root), os.path.realpath(Path(out_dir).expanduser())
+    if out_real == data_real or out_real.startswith(data_real.rstrip(os.sep) + os.sep):
+        raise OutputError(
+            f"--out {out_dir}: inside the dataset folder {root} (data.root); a run folder there would be read as "
+            f"data by the next run. Choose an --out outside {root} (nothing was created)"
         )
-    return RunFolder(run_dir, cfg, groups, state, results)
-
-
-def check_scenario(where: str | Path, state: dict[str, Any], class_order: Sequence[int],
-                   offsets: Sequence[int]) -> None:
-    """Raise CheckpointError when the checkpoint was written for another class order or task offsets than the
-    dataset and scenario now give (e.g. ``data.root`` pointing at another dataset)."""
-    for key, ours in (("class_order", class_order), ("offsets", offsets)):
-        if key in state and list(state[key]) != list(ours):
-            raise CheckpointError(
-                f"{where}: the checkpoint was written for another {key} ({state[key]}) than this "
-                f"dataset and scenario give ({list(ours)}); is data.root pointing at the same dataset?"
-            )
-
-
-# ---------------------------------------------------------------- what a run folder rebuilds
-
-
-def method_class(run: RunFolder):
-    """The registered Method class of the run (its flags: uses_lora, rewrites_past, ...)."""
-    from ..methods import get_method_class
-
-    return get_method_class(run.config.method.name)
-
-
-def load_model(run: RunFolder, task: int | None = None, device: torch.device | str = "cpu") -> CILModel:
-    """The run's model as after ``task`` (0-based; None: the checkpoint's last), on ``device``, in eval mode.
-
-    The backbone is rebuilt (:func:`rebuild_model`) and checked against the checkpoint's hash; LoRA branches
-    0..task are loaded and folded. An earlier task than the checkpoint's also needs the heads as they were after
-    it (classifier alignment rewrites old heads after every task): the per-task head snapshots, which runs from
-    before they were saved lack, and methods that rescale past branches cannot give it at all.
-    """
-    from ..models.state import HEADS_GROUP, backbone_sha256, head_snapshot_keys
-
-    cfg, last = run.config, run.task
-    t = last if task is None else int(task)
-    if not 0 <= t <= last:
-        raise CheckpointError(f"task {task}: out of range; the run has tasks 0..{last} (0-based)")
-    if "model" not in run.groups:
-        raise CheckpointError(f"{run.path}: the checkpoint has no model.safetensors; the run folder is incomplete")
-    cls = method_class(run)
-    if t < last and cls.rewrites_past:
-        raise CheckpointError(
-            f"task {t}: {cfg.method.name} rescales past tasks' LoRA while later tasks train, so the run "
-            f"keeps only the final model (task {last}); the model as after task {t} cannot be rebuilt"
-        )
-    model = rebuild_model(cfg, cls.uses_lora)
-    saved_hash = run.state.get("backbone_sha256")
-    if saved_hash is not None and backbone_sha256(model.vit) != saved_hash:
-        raise CheckpointError(
-            f"{run.path}: the rebuilt backbone {cfg.model.backbone} (model.pretrained={cfg.model.pretrained}) "
-            f"differs from the one the run trained (backbone_sha256 mismatch): another torch/timm version changes "
-            f"a random init, or the pre-trained weights file changed; use the run's environment"
-        )
-    offsets = run.offsets
-    weights = {}
-    for key, value in run.groups["model"].items():
-        if key.startswith("heads."):
-            s = int(key.split(".")[1])
-        elif key.startswith("vit."):
-            s = int(key.rsplit(".", 1)[1])  # vit.blocks.i.attn.qkv.{A,B}.s
-        else:
-            continue
-        if s <= t:
-            weights[key] = value
-    restore_weights(model, weights, [offsets[s + 1] - offsets[s] for s in range(t + 1)], device, run.path)
-    if t < last:
-        snaps = run.groups.get(HEADS_GROUP, {})
-        wk, bk = head_snapshot_keys(t)
-        if wk not in snaps or bk not in snaps:
-            raise CheckpointError(
-                f"{run.path}: the run kept no head snapshot for task {t} (classifier alignment changed the heads "
-                f"after it, and runs from before per-task snapshots only hold the final heads); only the final "
-                f"model (task {last}) can be loaded"
-            )
-        if snaps[wk].shape[0] != offsets[t + 1] or snaps[bk].shape[0] != offsets[t + 1]:
-            raise CheckpointError(f"{run.path}: the head snapshot of task {t} does not match the run's classes")
-        model.heads.load_concatenated(snaps[wk], snaps[bk])
-    return model.eval()
-
-
-def load_classifier(run: RunFolder, embed_dim: int, offsets: Sequence[int] | None = None) -> Classifier:
-    """The run's classifier with its saved state (class statistics, ridge solution, ...) from ``stats``."""
-    from ..classifiers import create_classifier
-
-    classifier = create_classifier(run.config, embed_dim, list(run.offsets if offsets is None else offsets))
-    classifier.load_state_tensors(run.groups.get("stats", {}))
-    return classifier
-
-
-def load_method(run: RunFolder) -> Method:
-    """The run's method (options from config.yaml) with the state it carries across tasks (``method``)."""
-    from ..methods import create_method
-
-    m = run.config.method
-    method = create_method(m.name, m.options, m.weight)
-    method.load_state_tensors(run.groups.get("method", {}))
-    return method

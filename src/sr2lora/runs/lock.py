@@ -25,9 +25,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ..core.errors import OutputError
-from ..train.preflight import check_output_writable
+from .folder import RunFolder, check_output_writable
 
-LOCK_NAME = ".sr2lora.lock"
+LOCK_NAME = RunFolder.LOCK
 
 
 def _owner(path: Path) -> dict | None:

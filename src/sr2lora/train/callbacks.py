@@ -1,8 +1,11 @@
 """Loggers the trainer calls at named points of a run: small classes with one job each.
 
-The trainer calls ``on_epoch(row, step)`` after every epoch (a ``metrics.csv`` row: task, epoch, lr, steps and
-mean losses), ``on_task(trainer, t)`` after every task (accuracies are in ``trainer.tracker``) and ``close()``
-at the end. A logger never stops a run: one that fails warns once and turns itself off. The drift tracker
+The caller chooses them (``Trainer(callbacks=...)``; :func:`sr2lora.launch.run_loggers` gives the run folder's own,
+which :func:`sr2lora.launch.launch` passes). The trainer calls ``on_start(trainer, first_task)`` once the run's state
+is restored, ``on_epoch(row, step)`` after every epoch (a ``metrics.csv`` row: task, epoch, lr, steps and mean
+losses), ``on_task(trainer, t)`` after every task (accuracies are in ``trainer.tracker``) and ``close()`` at the
+end, also after an error or an interrupt. A logger never stops a run: one that fails warns once and turns itself
+off. Loggers that write files write them on the main process only. The drift tracker
 (:class:`sr2lora.analysis.drift.DriftLog`) is one more logger of this kind.
 """
 
@@ -20,6 +23,9 @@ from ..core.atomic import atomic_open
 class Callback:
     """Base: every hook does nothing."""
 
+    def on_start(self, trainer: Any, first_task: int) -> None:
+        """Before the first task this process trains (after a resume has restored the run's state)."""
+
     def on_epoch(self, row: dict[str, Any], step: int) -> None:
         """After an epoch: its ``metrics.csv`` row and the global epoch index."""
 
@@ -27,15 +33,18 @@ class Callback:
         """After task ``t`` has been trained, aligned, evaluated and checkpointed."""
 
     def close(self) -> None:
-        """At the end of the run (also after an error)."""
+        """At the end of the run, also after an error or an interrupt; must not raise."""
 
 
 class CSVLog(Callback):
     """``RUN/metrics.csv``: one row per epoch (rewritten whole after each task, so it always parses)."""
 
-    def __init__(self, path: str | Path, rows: list[dict[str, Any]]) -> None:
+    def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self.rows = rows  # the trainer's list (restored on resume), shared
+        self.rows: list[dict[str, Any]] = []
+
+    def on_start(self, trainer: Any, first_task: int) -> None:
+        self.rows = trainer.csv_rows if trainer.dist.is_main else []  # the trainer's list (restored on resume)
 
     def on_task(self, trainer: Any, t: int) -> None:
         if not self.rows:
@@ -50,15 +59,21 @@ class TensorBoardLog(Callback):
     """Scalars for TensorBoard in ``log_dir``; any failure warns once and turns the log off (a run never dies of it).
 
     Per epoch: the losses and learning rate at the global epoch index; per task: the accuracy on seen classes and
-    each task's accuracy after task t (x = tasks learned).
+    each task's accuracy after task t (x = tasks learned). Written through after every task and at
+    :meth:`close`, so an interrupted run keeps the scalars of the epochs it finished.
     """
 
     def __init__(self, log_dir: str | Path) -> None:
+        self.log_dir = Path(log_dir)
         self.writer: Any = None
+
+    def on_start(self, trainer: Any, first_task: int) -> None:
+        if not trainer.dist.is_main:
+            return
         try:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(str(log_dir))
+            self.writer = SummaryWriter(str(self.log_dir))
         except ImportError as exc:  # tensorboard missing: keep training, and say which extra installs it
             from ..core.extras import install_hint
 
@@ -83,7 +98,6 @@ class TensorBoardLog(Callback):
                 if key in row:
                     self.writer.add_scalar(f"train/{key}", float(row[key]), step)
             self.writer.add_scalar("train/task", int(row.get("task", 0)) + 1, step)
-            self.writer.flush()
         except Exception as exc:
             self._fail(exc)
 

@@ -24,7 +24,6 @@ from tqdm import tqdm
 
 from .. import __version__
 from ..classifiers import create_classifier
-from ..classifiers.gaussians import ClassGaussians
 from ..config import RunConfig, dump_config
 from ..core import distributed as ddp
 from ..core import hardware
@@ -38,37 +37,24 @@ from ..data.scenario import TaskView
 from ..data.transforms import transform_spec
 from ..methods import TaskContext, create_method, get_method_class
 from ..methods.losses import logitnorm_cross_entropy
+from ..models.build import build_model, run_transforms
+from ..models.state import restore_weights, stored_weights
 from ..runs.checkpoint import (
+    atomic_write_json,
     check_config_unchanged,
     clean_partial,
     load_checkpoint,
     save_checkpoint,
-    write_json_atomic,
 )
-from ..runs.folder import build_model, check_scenario, restore_weights, run_transforms, stored_weights
-from .callbacks import Callback, CSVLog, TensorBoardLog
+from ..runs.folder import RunFolder
+from ..runs.saved import check_scenario
+from .callbacks import Callback
 from .evaluation import lora_tasks, over_batches, predict_eval, task_indices
 from .metrics import AccuracyTracker, task_accuracies
 from .optim import build_optimizer
 from .preflight import preflight
 from .schedules import lr_at
 from .step import training_step
-
-# |logit| of a class mean above this means the head's weights blew up (a converged head's logits are O(10)).
-DIVERGED_LOGIT = 1e6
-
-
-def check_finite_after(stage: str, t: int, tensors: dict[str, torch.Tensor], fix: str) -> None:
-    """Raise TrainingError when a stage left a NaN/inf in ``tensors`` (name -> tensor), naming the stage, the
-    first offending tensors and ``fix`` (the setting to change): a diverged stage must stop the run rather
-    than let it finish with a result it knows to be wrong."""
-    bad = [name for name, v in tensors.items() if v.numel() and not bool(torch.isfinite(v.detach()).all())]
-    if bad:
-        more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
-        raise TrainingError(
-            f"task {t + 1}: {stage} produced non-finite values (NaN/inf) in {', '.join(bad[:5])}{more}; {fix}. "
-            f"The last complete task's checkpoint is kept."
-        )
 
 
 class Trainer:
@@ -77,12 +63,14 @@ class Trainer:
     def __init__(self, cfg: RunConfig, out_dir: str | Path | None = None, progress: bool = True,
                  callbacks: Sequence[Callback] = ()) -> None:
         self.cfg = cfg
-        self.extra_callbacks = list(callbacks)  # loggers of the caller's, beside the run folder's own
+        # the loggers are the caller's choice (sr2lora.launch passes the run folder's own: run_loggers)
+        self.callbacks = list(callbacks)
         self.out_dir = Path(out_dir) if out_dir else None
+        self.folder = RunFolder(out_dir) if out_dir else None
         self.device = hardware.resolve_device(cfg.train.device)
         if cfg.train.threads > 0:
             torch.set_num_threads(cfg.train.threads)
-        preflight(cfg, self.out_dir)  # cheap checks (scenario, paths, output folder) before any work
+        preflight(cfg)  # cheap checks (scenario, device, data paths) before any work
         # torchrun: join the process group (after every rank's preflight, before rank 0 writes anything)
         self.dist = ddp.init_from_env(self.device)
         ddp.barrier(self.dist)
@@ -105,20 +93,16 @@ class Trainer:
             self.model.compile_backbone()
         self.mean_std, self.train_tf, self.test_tf = run_transforms(cfg, self.model.vit)
         # what predicts (classifier.kind or the method's own; sr2lora.classifiers): the engine only calls its
-        # interface; `gaussians` are the class statistics it keeps (empty for classifiers without any)
+        # interface, and the classifier checks its own health (a diverged alignment stops the run)
         self.classifier = create_classifier(cfg, self.model.embed_dim, self.scenario.offsets)
-        self.gaussians = getattr(self.classifier, "gaussians", None)
-        if self.gaussians is None:
-            self.gaussians = ClassGaussians(self.model.embed_dim)
         self.tracker = AccuracyTracker(self.scenario.num_tasks)
         self.task_seconds: list[float] = []
         self.start_task = 0
-        self.csv_rows: list[dict] = []
+        self.csv_rows: list[dict] = []  # metrics.csv's rows so far (restored on resume)
         self.task_precision: list[str] = []  # per task: a resumed run may have computed elsewhere
         # what the reported accuracies were computed in: float32, unless a checkpoint from before that policy
         # evaluated its tasks in bf16 (then "mixed")
         self.eval_precision = hardware.EVAL_PRECISION
-        self.callbacks: list[Callback] = []  # set by run(): see _open_logs
 
     # ------------------------------------------------------------------ one task
     def _autocast(self) -> AbstractContextManager:
@@ -262,33 +246,6 @@ class Trainer:
         if self.dist.enabled and self.classifier.uses_heads:
             ddp.broadcast_([p for h in list(heads)[: t + 1] for p in h.parameters()], self.dist)
 
-    def _check_statistics(self, t: int) -> None:
-        """The new classes' means and Cholesky factors must be finite before alignment samples from them."""
-        g = self.gaussians
-        new = [c for c in range(self.scenario.offsets[t], self.scenario.offsets[t + 1]) if c in g.means]
-        check_finite_after("the class statistics", t, {
-            **{f"mean of class {c}": g.means[c] for c in new}, **{f"covariance of class {c}": g.chols[c] for c in new}
-        }, f"raise ca.cov_shrink (now {self.cfg.ca.cov_shrink}) or lower train.lr (now {self.cfg.train.lr})")
-
-    def _check_heads(self, t: int) -> None:
-        """The heads used for evaluation must be finite and give sane logits on the class means: classifier
-        alignment can diverge (ca.lr, ca.tau) into NaN, or into huge but finite weights at chance accuracy."""
-        ca = self.cfg.ca
-        fix = f"lower ca.lr (now {ca.lr}) or raise ca.tau (now {ca.tau}), or set ca.enabled=false"
-        w, b = (x.detach().float().cpu() for x in self.model.heads.concatenated(t + 1))
-        check_finite_after("classifier alignment", t, {"head weights": w, "head biases": b}, fix)
-        seen = [c for c in range(self.scenario.seen_classes(t)) if c in self.gaussians.means]
-        if not seen:
-            return
-        logits = F.linear(torch.stack([self.gaussians.means[c] for c in seen]).float(), w, b)
-        check_finite_after("classifier alignment", t, {"logits of the class means": logits}, fix)
-        top = float(logits.abs().max())
-        if top > DIVERGED_LOGIT:
-            raise TrainingError(
-                f"task {t + 1}: classifier alignment diverged: logits of the class means reach {top:.3g} (a sane "
-                f"head stays below {DIVERGED_LOGIT:.0e}); {fix}. The last complete task's checkpoint is kept."
-            )
-
     def predict_eval(self, t: int) -> tuple[np.ndarray, np.ndarray]:
         """(predicted run labels, true run labels) on the evaluation items of classes seen after task t."""
         return predict_eval(self, t)
@@ -326,19 +283,23 @@ class Trainer:
         return self._identity
 
     def save(self, t: int) -> None:
-        if self.out_dir is None or not self.dist.is_main:
+        """The checkpoint of task t (rank 0): the trained weights, the classifier's and method's state, the head
+        snapshots and the state JSON (sr2lora.runs.checkpoint)."""
+        if self.folder is None or not self.dist.is_main:
             return
-        from ..models.state import HEADS_GROUP, backbone_sha256, head_snapshots
+        from ..models.state import backbone_sha256, head_snapshots
+        from ..runs.checkpoint import read_group
 
-        model = stored_weights(self.model)  # LoRA factors and heads; the backbone is rebuilt (sr2lora.runs.folder)
-        # For `sr2lora predict/export` (sr2lora.inference.export): heads as after each task, and a hash that detects a
-        # backbone rebuilt differently (model.pretrained=false runs store no backbone weights).
+        model = stored_weights(self.model)  # LoRA factors and heads; the backbone is rebuilt (models.build)
+        # For `sr2lora predict/export`: heads as after each task, and a hash that detects a backbone rebuilt
+        # differently (model.pretrained=false runs store no backbone weights).
         if getattr(self, "_backbone_sha256", None) is None:
             self._backbone_sha256 = backbone_sha256(self.model.vit)
+        heads = RunFolder.HEADS_GROUP
         save_checkpoint(
-            self.out_dir,
+            self.folder.path,
             {"model": model, "stats": self.classifier.state_tensors(), "method": self.method.state_tensors(),
-             HEADS_GROUP: head_snapshots(self.out_dir, self.model.heads, t)},
+             heads: head_snapshots(read_group(self.folder.path, heads), self.model.heads, t)},
             {**self._state(t), "backbone_sha256": self._backbone_sha256},
         )
 
@@ -386,18 +347,37 @@ class Trainer:
 
     # ------------------------------------------------------------------ the run
     def run(self, resume: bool = False) -> dict[str, Any]:
-        """Train every task (from the checkpoint when resuming) and return the results dict."""
-        if self.out_dir is not None:
+        """Train every task (from the checkpoint when resuming) and return the results dict.
+
+        The loggers' ``close()`` runs however the run ends (finished, failed or interrupted)."""
+        folder = self.folder
+        if folder is not None:
             if self.dist.is_main:  # only rank 0 writes files
-                self.out_dir.mkdir(parents=True, exist_ok=True)
+                folder.path.mkdir(parents=True, exist_ok=True)
                 if not resume:
-                    dump_config(self.cfg, self.out_dir / "config.yaml")
+                    dump_config(self.cfg, folder.config_file)
             ddp.barrier(self.dist)
-            cfg_file = self.out_dir / "config.yaml"
-            self._config_sha256 = file_sha256(cfg_file) if cfg_file.is_file() else None  # in state.json
+            # in state.json: a resume refuses an edited config
+            self._config_sha256 = file_sha256(folder.config_file) if folder.config_file.is_file() else None
         self.start_task = self.restore() if resume else 0
         ddp.check_same(self.start_task, "the task to start from", self.dist)
-        self._open_logs()
+        try:
+            for cb in self.callbacks:
+                cb.on_start(self, self.start_task)
+            self._train_tasks()
+        finally:
+            for cb in self.callbacks:
+                try:
+                    cb.close()
+                except Exception as exc:  # a logger never masks how the run ended
+                    warnings.warn(f"{type(cb).__name__}.close() failed: {type(exc).__name__}: {exc}", stacklevel=2)
+        results = self.results()
+        if folder is not None and self.dist.is_main:
+            atomic_write_json(folder.results_file, results)
+        return results
+
+    def _train_tasks(self) -> None:
+        """Every task from ``start_task``: train, statistics, classifier, evaluation, checkpoint, loggers."""
         sc = self.scenario
         for t in range(self.start_task, sc.num_tasks):
             check_interrupt()
@@ -407,9 +387,7 @@ class Trainer:
             self.model.to(self.device)
             self.train_task(t)
             self.compute_statistics(t)
-            self._check_statistics(t)
             self.align(t)
-            self._check_heads(t)
             self.evaluate(t)
             self.task_seconds.append(time.perf_counter() - t0)
             self.task_precision.append(self.precision)
@@ -420,25 +398,6 @@ class Trainer:
             self.save(t)
             for cb in self.callbacks:
                 cb.on_task(self, t)
-        for cb in self.callbacks:
-            cb.close()
-        results = self.results()
-        if self.out_dir is not None and self.dist.is_main:
-            write_json_atomic(self.out_dir / "results.json", results)
-        return results
-
-    def _open_logs(self) -> None:
-        """The run's loggers (:mod:`sr2lora.train.callbacks`): metrics.csv and TensorBoard scalars in the run folder
-        (rank 0), the drift tracker with ``analysis.enabled`` (RUN/drift.json after every task), then the
-        caller's."""
-        logs: list[Callback] = []
-        if self.out_dir is not None and self.dist.is_main:
-            logs += [CSVLog(self.out_dir / "metrics.csv", self.csv_rows), TensorBoardLog(self.out_dir / "tb")]
-        if self.cfg.analysis.enabled:
-            from ..analysis.drift import DriftLog
-
-            logs.append(DriftLog(self, self.out_dir if self.dist.is_main else None))
-        self.callbacks = logs + self.extra_callbacks
 
     def _run_precision(self) -> str:
         """The precision every task computed in, or ``mixed`` for a run resumed on another kind of machine."""

@@ -3,7 +3,7 @@
 The trainer evaluates after every task; ``sr2lora analyze``, the robustness check and the (distributed)
 evaluation of a run's checkpoint measure a run restored from its folder. Both are seen through the same
 read-only attributes (:class:`RunView`: a :class:`~sr2lora.train.engine.Trainer` has them, and so does
-:class:`sr2lora.analysis.restore.RestoredRun`) and compute with these functions: the loader of an evaluation split, the
+:class:`sr2lora.analysis.restore.AnalysisRun`) and compute with these functions: the loader of an evaluation split, the
 number of LoRA branches of the model after a task, and the batches sharded over processes. A number measured
 offline is therefore computed exactly as training computed it.
 

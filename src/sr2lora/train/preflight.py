@@ -9,11 +9,10 @@ and :func:`sr2lora.data.integrity.drop_unreadable`.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..core.errors import ConfigError, DataError, OutputError
+from ..core.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
     from ..config import RunConfig
@@ -57,47 +56,6 @@ def check_data_paths(cfg: RunConfig) -> None:
         raise DataError(f"data.split_file: {Path(d.split_file).expanduser()} is not a file")
 
 
-def check_output_writable(out_dir: str | Path) -> None:
-    """Create ``out_dir`` (with parents) and write, fsync and remove a probe file; OutputError if any fails."""
-    out = Path(out_dir)
-    probe = out / f".sr2lora-write-probe-{os.getpid()}"
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        with open(probe, "wb") as fh:
-            fh.write(b"sr2lora write probe\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-    except OSError as exc:
-        raise OutputError(
-            f"output folder {out}: cannot create or write it ({exc.strerror or exc}); choose another with --out"
-        ) from exc
-    finally:
-        try:
-            probe.unlink(missing_ok=True)
-        except OSError:
-            pass
-
-
-def check_out_outside_data(cfg: RunConfig, out_dir: str | Path) -> None:
-    """Raise OutputError when ``out_dir`` lies inside the dataset's folder: a run folder there is read as a
-    class (or its report's PNGs as images) by the next scan, and nothing may be written into a data folder."""
-    d = cfg.data
-    if d.dataset == "smoke":
-        return
-    if d.root:
-        root = Path(d.root).expanduser()
-    else:
-        from ..data.folders import default_data_root
-
-        root = default_data_root() / d.dataset
-    data_real, out_real = os.path.realpath(root), os.path.realpath(Path(out_dir).expanduser())
-    if out_real == data_real or out_real.startswith(data_real.rstrip(os.sep) + os.sep):
-        raise OutputError(
-            f"--out {out_dir}: inside the dataset folder {root} (data.root); a run folder there would be read as "
-            f"data by the next run. Choose an --out outside {root} (nothing was created)"
-        )
-
-
 def check_device(cfg: RunConfig) -> None:
     """Raise ConfigError when ``train.device`` names a device this machine does not have."""
     import torch
@@ -139,12 +97,10 @@ def check_backbone_kwargs(cfg: RunConfig) -> None:
                           f"({type(exc).__name__}: {exc or 'inconsistent sizes'})") from exc
 
 
-def preflight(cfg: RunConfig, out_dir: str | Path | None) -> None:
-    """All cheap checks, config first, then data paths, then the output folder."""
+def preflight(cfg: RunConfig) -> None:
+    """All cheap checks of a config before any work: the scenario, the device, the backbone's kwargs, the data
+    paths. (The output folder's checks are :func:`sr2lora.launch.launch`'s, before it locks the folder.)"""
     check_scenario(cfg)
     check_device(cfg)
     check_backbone_kwargs(cfg)
     check_data_paths(cfg)
-    if out_dir is not None:
-        check_out_outside_data(cfg, out_dir)
-        check_output_writable(out_dir)

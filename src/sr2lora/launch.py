@@ -1,0 +1,89 @@
+"""Start or resume ONE run: the one place where every entry point (``run``, ``sweep``, ``demo``) begins a run.
+
+The order is fixed: the checks that need no data (is the folder free, does it hold another experiment, is it
+outside the dataset and writable), then the folder's lock (one process per run folder), then SIGINT/SIGTERM
+turned into a clean stop after the current step, then the trainer with the loggers chosen here (the run
+folder's ``metrics.csv`` and TensorBoard, the drift tracker with ``analysis.enabled``) beside the caller's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .config import RUNTIME_KEYS, RunConfig, load_config
+from .core.errors import OutputError
+from .core.signals import Interrupted, stop_on_signals
+from .runs.folder import RunFolder, check_out_outside_data
+from .runs.lock import check_not_in_use, run_folder_lock
+from .runs.reuse import ExperimentMismatch, folder_state
+from .train.callbacks import Callback, CSVLog, TensorBoardLog
+
+
+def launch(cfg: RunConfig, out: str | Path, *, resume: bool = False, progress: bool = True,
+           callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
+    """Run ``cfg`` into ``out`` (``resume``: from its last complete task) and return the results.
+
+    Holds the folder's lock and the signal handlers for the whole run; an interrupt raises
+    :class:`~sr2lora.core.signals.Interrupted` carrying the folder (the CLI prints how to resume).
+    """
+    from .train.engine import Trainer
+
+    folder = RunFolder(out)
+    check_out_outside_data(cfg, folder.path)  # before the lock creates the folder
+    try:
+        with stop_on_signals(), run_folder_lock(folder.path):
+            trainer = Trainer(cfg, folder.path, progress=progress,
+                              callbacks=[*run_loggers(folder, cfg), *callbacks])
+            return trainer.run(resume=resume)
+    except Interrupted as exc:
+        exc.run_dir = folder.path
+        raise
+
+
+def run_loggers(folder: RunFolder, cfg: RunConfig) -> list[Callback]:
+    """The run folder's own loggers: ``metrics.csv``, TensorBoard scalars and, with ``analysis.enabled``, the
+    drift tracker (``drift.json`` after every task)."""
+    logs: list[Callback] = [CSVLog(folder.metrics_file), TensorBoardLog(folder.tensorboard_dir)]
+    if cfg.analysis.enabled:
+        from .analysis.drift import DriftLog
+
+        logs.append(DriftLog(folder.drift_file))
+    return logs
+
+
+def check_new_run(cfg: RunConfig, out: str | Path) -> None:
+    """Refuse to start ``cfg`` into ``out`` when a process is writing it or it holds a run already (finished or
+    not, this experiment or another); nothing is written."""
+    check_not_in_use(out)  # a run still writing there is named by its pid
+    state = folder_state(out, cfg, hint="choose another --out")
+    if state == "done":
+        raise OutputError(f"--out {out}: already holds a run of this experiment, finished "
+                          f"({RunFolder.RESULTS}); choose another --out (nothing was overwritten)")
+    if state == "resumable":
+        raise OutputError(f"--out {out}: already holds a run; continue it with `sr2lora run --resume {out}` or choose "
+                          f"another --out (nothing was overwritten)")
+
+
+def resume_config(run_dir: str | Path, overrides: Sequence[str] = ()) -> RunConfig | None:
+    """The config to resume ``run_dir`` with (its config.yaml plus runtime-only ``overrides``), or None when the
+    run has finished. Refuses, before any work, a folder that is not a run, overrides that would change the
+    experiment, and a checkpoint whose files are not the ones written."""
+    from .runs.checkpoint import check_resumable
+
+    folder = RunFolder(run_dir)
+    if not folder.is_run():
+        raise OutputError(f"--resume {run_dir}: not a run folder (no {folder.CONFIG}); start one with `sr2lora run`")
+    planned = load_config(str(folder.config_file), list(overrides))
+    try:
+        state = folder_state(run_dir, planned)
+    except ExperimentMismatch as exc:
+        raise OutputError(
+            f"--resume: overrides would change the experiment ({', '.join(exc.changed)}); only "
+            f"{', '.join(sorted(RUNTIME_KEYS))} may change. Start a new run instead."
+        ) from exc
+    if state == "done":
+        return None
+    check_resumable(run_dir)
+    return planned
