@@ -96,7 +96,8 @@ def test_report_never_averages_runs_of_different_precision(tmp_path):
     import json
     import shutil
 
-    from sr2lora.report.build import discover_runs, group_runs, load_run
+    from sr2lora.report.collect import group_runs, read_run_result
+    from sr2lora.runs.folder import discover_runs
 
     base = tmp_path / "fp32"
     assert run_cli("run", "--preset", "smoke", "--quiet", "--out", base, "train.epochs=1", "ca.epochs=1",
@@ -107,7 +108,7 @@ def test_report_never_averages_runs_of_different_precision(tmp_path):
     res = read_results(other)
     res.update(precision="bf16", task_precision=["bf16"] * res["num_tasks"], seed=1)
     (other / "results.json").write_text(json.dumps(res))
-    groups = group_runs([load_run(p) for p in discover_runs([tmp_path])])
+    groups = group_runs([read_run_result(p) for p in discover_runs([tmp_path])])
     assert sorted(g.label for g in groups) == ["precision=bf16", "precision=fp32"]
     # a run from before evaluation was float32 (no eval_precision: it evaluated in bf16) is not pooled with a
     # newer bf16 run either
@@ -116,7 +117,7 @@ def test_report_never_averages_runs_of_different_precision(tmp_path):
     res.pop("eval_precision")
     res["seed"] = 2
     (older / "results.json").write_text(json.dumps(res))
-    groups = group_runs([load_run(p) for p in discover_runs([tmp_path])])
+    groups = group_runs([read_run_result(p) for p in discover_runs([tmp_path])])
     assert sorted(g.label for g in groups) == ["eval_precision=bf16, precision=bf16",
                                                "eval_precision=fp32, precision=bf16", "eval_precision=fp32, precision=fp32"]
 

@@ -17,7 +17,7 @@ PKG = Path(sr2lora.__file__).resolve().parent
 def test_import_leaves_the_environment_alone():
     # torch itself sets TORCHINDUCTOR_CACHE_DIR on import: compare with the environment after the stack's import
     code = ("import json, os, torch, torchvision, timm; before = dict(os.environ); import sr2lora, sr2lora.train.engine, "
-            "sr2lora.config, sr2lora.report.build; "
+            "sr2lora.config, sr2lora.report; "
             "print(json.dumps({k: v for k, v in os.environ.items() if before.get(k) != v}))")
     env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from conftest import read_results, run_cli
-from sr2lora.report.build import Run, forgetting_per_task, group_runs, mean_std
+from sr2lora.report.aggregate import forgetting_per_task, mean_std
+from sr2lora.report.collect import RunResult, group_runs
 from sr2lora.sweep import parse_items, plan_sweep, setting_name, split_values
 
 FAST = ["train.epochs=1", "ca.epochs=2"]
@@ -89,7 +90,7 @@ def test_grouping_labels_and_std():
     def run(seed, weight, rank=4):
         cfg = {"seed": seed, "method.name": "sr2lora", "method.weight": weight, "model.rank": rank,
                "train.device": "cpu" if seed else "auto"}
-        return Run(Path(f"r{seed}{weight}"), {"method": "sr2lora", "preset": "p", "seed": seed}, cfg)
+        return RunResult(Path(f"r{seed}{weight}"), {"method": "sr2lora", "preset": "p", "seed": seed}, cfg)
 
     groups = group_runs([run(0, 0.5), run(1, 0.5), run(0, 2.0)])
     assert [(g.label, len(g.runs)) for g in groups] == [("weight=0.5", 2), ("weight=2.0", 1)]

@@ -78,7 +78,7 @@ def test_loading_does_not_build_the_dataset(smoke_run, tmp_path, monkeypatch):
     def no_dataset(cfg):
         raise DataError("the dataset was built")
 
-    monkeypatch.setitem(registry._DATASETS, "smoke", no_dataset)
+    monkeypatch.setitem(registry.DATASETS._items, "smoke", no_dataset)
     with pytest.raises(DataError, match="was built"):
         prepare_data(load_config(str(smoke_run / "config.yaml")), single_task=False)
 

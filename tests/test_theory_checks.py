@@ -219,7 +219,7 @@ def test_robustness_cli_is_deterministic(smoke_run, tmp_path):
 
 
 def test_analyze_and_report_show_the_theory_checks(smoke_run, tmp_path):
-    from sr2lora.report.build import build_report
+    from sr2lora.report import build_report
 
     assert run_cli("analyze", smoke_run, "--samples", "8", "--device", "cpu", "--out", tmp_path / "a") == 0
     drift = json.loads((smoke_run / "drift.json").read_text())

@@ -2,7 +2,7 @@
 
 __version__ = "0.1.0"
 
-_LAZY = {"load_run": "inference.export", "export_run": "inference.export"}
+_LAZY = {"load_run": "inference.load", "export_run": "inference.export"}
 
 
 def __getattr__(name: str):

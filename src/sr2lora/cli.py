@@ -160,7 +160,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .report.build import build_report
+    from .report import build_report
 
     out = Path(args.out) if args.out else (Path(args.runs[0]) / "report" if len(args.runs) == 1 else Path("report"))
     try:
@@ -188,14 +188,10 @@ def _csv_numbers(text: str | None, kind: type, option: str) -> list | None:
 
 def cmd_robustness(args: argparse.Namespace) -> int:
     from .analysis.drift import find_run_dirs
-    from .analysis.robustness import (
-        DEFAULT_EPS,
-        RobustnessOptions,
-        plot_robustness,
-        robustness_run,
-        robustness_table,
-    )
+    from .analysis.robustness import DEFAULT_EPS, RobustnessOptions, robustness_run
     from .core.atomic import atomic_write_json
+    from .report.figures import plot_robustness
+    from .report.tables import robustness_table
 
     eps = _csv_numbers(args.eps, float, "--eps")
     opts = RobustnessOptions(task=args.task, batch_size=args.batch_size, draws=args.draws,
@@ -223,9 +219,10 @@ def cmd_robustness(args: argparse.Namespace) -> int:
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
-    from .analysis.drift import analyze_or_reuse, find_run_dirs, plot_drift, run_label
-    from .analysis.drift_margin import drift_margin_summary, plot_drift_margin
+    from .analysis.drift import analyze_or_reuse, find_run_dirs
+    from .analysis.drift_margin import drift_margin_summary
     from .core.atomic import atomic_write_json
+    from .report.figures import plot_drift, plot_drift_margin, run_label
 
     if args.robustness:
         return cmd_robustness(args)

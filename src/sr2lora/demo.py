@@ -125,7 +125,7 @@ def run_demo(
 ) -> Path:
     """Run (or reuse) each method's run under ``out/<method>``, print the table, write ``out/report``."""
     from .launch import launch
-    from .report.build import write_report
+    from .report import write_report
 
     out = Path(out)
     start = time.perf_counter()

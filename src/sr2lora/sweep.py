@@ -13,7 +13,7 @@ goes to ``OUT/<setting>/seed<S>`` where ``<setting>`` is ``key=value`` of the ax
 without axes). Runs are sequential; a folder with a finished run of the same experiment is skipped and one
 with an unfinished run is resumed (:mod:`sr2lora.runs.reuse`), so an interrupted sweep (Ctrl-C, SIGTERM: the
 run in progress stops cleanly at its last complete task) continues where it stopped when the same command is
-given again. At the end ``OUT/report`` is written with :mod:`sr2lora.report.build`.
+given again. At the end ``OUT/report`` is written with :mod:`sr2lora.report`.
 """
 
 from __future__ import annotations
@@ -203,7 +203,7 @@ def run_sweep(preset: str, items: list[str], out: str | Path, seeds: list[int] |
               f"forgetting {res['forgetting']:.2f}", flush=True)
     finished = [r.out for r in runs if RunFolder(r.out).is_finished()]
     if report and finished:
-        from .report.build import build_report
+        from .report import build_report
 
         report_dir = out / "report"
         build_report(finished, report_dir)

@@ -46,12 +46,7 @@ if TYPE_CHECKING:
 SCHEMA = "sr2lora.drift/1"
 MEASURES = ("relation_drift", "relation_drift_rel", "spectrum_drift", "prototype_shift", "margin",
             "margin_positive")
-MEASURE_TITLES = {
-    "relation_drift": "relation drift ‖R_now − R_then‖_F",
-    "spectrum_drift": "spectral drift ‖σ(R_now) − σ(R_then)‖₂",
-    "prototype_shift": "prototype shift (normalised class means)",
-    "margin": "margin of old samples (true − best other logit)",
-}
+
 
 
 def held_out_sample(labels: np.ndarray, index: np.ndarray, lo: int, hi: int, n: int, seed: int,
@@ -368,58 +363,6 @@ def analyze_or_reuse(run_dir: str | Path, samples_per_task: int | None = None, s
     doc = analyze_run(run_dir, samples_per_task, seed, device)
     atomic_write_json(path, doc)
     return doc, False
-
-
-# ---------------------------------------------------------------- plots
-
-
-def run_label(doc: dict[str, Any], run_dir: str | Path | None = None) -> str:
-    """A short legend label: method (and run folder name when given)."""
-    name = doc.get("method") or "run"
-    return f"{name} ({Path(run_dir).name})" if run_dir else str(name)
-
-
-def plot_drift(docs: Sequence[tuple[str, dict[str, Any]]], out_dir: str | Path) -> list[Path]:
-    """Plots of each measure vs the number of tasks learned; one line per run (mean over old tasks j < t).
-
-    With one run, a second figure shows one line per old task j. Returns the written PNG paths.
-    """
-    from ..report.render import pyplot, save_figure
-
-    plt = pyplot()
-    from matplotlib.ticker import MaxNLocator  # matplotlib is there once pyplot() returned
-
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    keys = list(MEASURE_TITLES)
-    paths = []
-    fig, axes = plt.subplots(2, 2, figsize=(11, 7.5))
-    for ax, key in zip(axes.flat, keys):
-        for label, doc in docs:
-            rows = [r for r in doc["summary"] if r[key] is not None]
-            ax.plot([r["tasks_learned"] for r in rows], [r[key] for r in rows], marker="o", label=label)
-        ax.set_title(MEASURE_TITLES[key], fontsize=10)
-        ax.set_xlabel("tasks learned")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.grid(alpha=0.3)
-    axes.flat[0].legend(fontsize=8)
-    fig.suptitle("drift of old tasks (mean over tasks j < t)")
-    paths.append(save_figure(fig, out_dir / "drift.png"))
-    if len(docs) == 1:
-        doc = docs[0][1]
-        fig, axes = plt.subplots(2, 2, figsize=(11, 7.5))
-        for ax, key in zip(axes.flat, keys):
-            for task in doc["tasks"]:
-                ts = [r["t"] + 1 for r in task["after"]]
-                ax.plot(ts, [r[key] for r in task["after"]], marker="o", label=f"task {task['task'] + 1}")
-            ax.set_title(MEASURE_TITLES[key], fontsize=10)
-            ax.set_xlabel("tasks learned")
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-            ax.grid(alpha=0.3)
-        axes.flat[0].legend(fontsize=8)
-        fig.suptitle(f"{docs[0][0]}: drift of each task's sample")
-        paths.append(save_figure(fig, out_dir / "drift_per_task.png"))
-    return paths
 
 
 def load_drift(path: str | Path) -> dict[str, Any]:

@@ -11,7 +11,6 @@ prototype shift as an explanation of the margin loss.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from .stats import correlate, within_group_spearman
@@ -74,7 +73,7 @@ def drift_margin_summary(docs: Sequence[dict[str, Any]], resamples: int = 2000, 
     return doc
 
 
-def _fmt(c: dict[str, Any], key: str = "spearman") -> str:
+def fmt_correlation(c: dict[str, Any], key: str = "spearman") -> str:
     v, ci = c[key], c[f"{key}_ci"]
     if v is None:
         return "undefined"
@@ -90,8 +89,8 @@ def reading(doc: dict[str, Any]) -> str:
     pooled = doc["pooled"]
     rel = pooled["relation_drift"]
     parts = [f"Over {n} (run, old task j, later task t) pairs from {len(doc['runs'])} run(s), the margin decrease "
-             f"of old tasks has Spearman ρ = {_fmt(rel)} (95% bootstrap CI) with the relation drift "
-             f"(Pearson r = {_fmt(rel, 'pearson')})."]
+             f"of old tasks has Spearman ρ = {fmt_correlation(rel)} (95% bootstrap CI) with the relation drift "
+             f"(Pearson r = {fmt_correlation(rel, 'pearson')})."]
     lo, hi = rel["spearman_ci"] if rel["spearman"] is not None else (None, None)
     if lo is not None and lo > 0:
         parts.append("The paper's first claim, that more inter-layer relation drift goes with smaller margins, "
@@ -116,64 +115,10 @@ def reading(doc: dict[str, Any]) -> str:
     per = []
     for m, cs in doc["by_method"].items():
         c = cs["relation_drift"]
-        per.append(f"{m}: ρ = {_fmt(c)} (n = {c['n']})" if c["spearman"] is not None
+        per.append(f"{m}: ρ = {fmt_correlation(c)} (n = {c['n']})" if c["spearman"] is not None
                    else f"{m}: undefined (n = {c['n']}; the drift does not vary, e.g. a frozen backbone)")
     if per:
         parts.append("Per method, relation drift vs margin decrease: " + "; ".join(per) + ".")
     parts.append("Pairs of one run are not independent, so read the intervals as a description of these runs "
                  "rather than a test.")
     return " ".join(parts)
-
-
-def correlation_table(doc: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
-    """(header, rows): per group (each method, then pooled) and drift measure: n, Pearson, Spearman with CIs."""
-    head = ["group", "drift measure", "n", "Pearson r [95% CI]", "Spearman ρ [95% CI]", "ρ within lag"]
-    rows = []
-    groups = list(doc["by_method"].items()) + [("pooled", doc["pooled"])]
-    for name, cs in groups:
-        for k in PLOTTED:
-            c = cs[k]
-            w = c.get("spearman_within_lag")
-            rows.append([name, TITLES[k], str(c["n"]), _fmt(c, "pearson"), _fmt(c),
-                         "undefined" if w is None else f"{w:+.2f}"])
-    return head, rows
-
-
-def plot_drift_margin(doc: dict[str, Any], path: str | Path) -> Path:
-    """Scatter of margin decrease vs each drift increase, one colour per method with its least-squares line
-    (and the pooled line dashed)."""
-    import numpy as np
-
-    from ..report.render import pyplot, save_figure
-
-    plt = pyplot()
-
-    fig, axes = plt.subplots(1, len(PLOTTED), figsize=(4.2 * len(PLOTTED), 4.0))
-    methods = list(doc["by_method"])
-    colours = {m: f"C{i}" for i, m in enumerate(methods)}
-    for ax, key in zip(np.atleast_1d(axes), PLOTTED):
-        rows = [r for r in doc["pairs"] if r[key] is not None]
-        for m in methods:
-            sel = [r for r in rows if r["method"] == m]
-            if not sel:
-                continue
-            x = np.array([r[key] for r in sel])
-            y = np.array([r["margin_decrease"] for r in sel])
-            c = doc["by_method"][m][key]
-            rho = "" if c["spearman"] is None else f", ρ={c['spearman']:+.2f}"
-            ax.scatter(x, y, s=14, alpha=0.7, color=colours[m], label=f"{m} (n={len(sel)}{rho})")
-            if c["slope"] is not None:
-                xs = np.linspace(x.min(), x.max(), 2)
-                ax.plot(xs, c["slope"] * xs + c["intercept"], color=colours[m], lw=1.2)
-        p = doc["pooled"][key]
-        if p["slope"] is not None and rows:
-            xs = np.linspace(min(r[key] for r in rows), max(r[key] for r in rows), 2)
-            rho = "" if p["spearman"] is None else f" (ρ={p['spearman']:+.2f})"
-            ax.plot(xs, p["slope"] * xs + p["intercept"], "k--", lw=1, label=f"pooled{rho}")
-        ax.axhline(0, color="gray", lw=0.6)
-        ax.set_xlabel(f"increase of {TITLES[key]}")
-        ax.set_ylabel("margin decrease of old task")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.suptitle("drift vs margin loss, per (run, old task j, later task t)")
-    return save_figure(fig, Path(path))

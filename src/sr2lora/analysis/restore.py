@@ -21,6 +21,7 @@ from ..core import distributed as ddp
 from ..core.hardware import resolve_device
 from ..data.run_data import prepare_data
 from ..models.build import run_transforms
+from ..runs.folder import RunFolder
 from ..runs.saved import check_scenario, load_classifier, load_method, load_model, method_class, read_run
 
 if TYPE_CHECKING:
@@ -66,9 +67,10 @@ def restore_run(run_dir: str | Path, device: str | None = None) -> tuple[Analysi
     from ..data.identity import check_same_dataset, dataset_identity
     from ..runs.checkpoint import check_config_unchanged
 
-    run_dir = Path(run_dir)
-    if not (run_dir / "config.yaml").is_file():
-        raise FileNotFoundError(f"{run_dir}: not a run folder (no config.yaml)")
+    folder = RunFolder(run_dir)
+    run_dir = folder.path
+    if not folder.is_run():
+        raise FileNotFoundError(f"{run_dir}: not a run folder (no {folder.CONFIG})")
     run = read_run(run_dir, [f"train.device={device}"] if device else [], finished=False, verify=True)
     if not run.state:
         raise FileNotFoundError(f"{run_dir}: no checkpoint (the run has not finished a task)")
@@ -107,7 +109,7 @@ def evaluate_run(run_dir: str, out_json: str | None = None) -> dict:
     from ..train.metrics import task_accuracies
 
     run = Path(run_dir)
-    cfg = load_config(str(run / "config.yaml"))
+    cfg = load_config(str(RunFolder(run).config_file))
     # the one offline step that runs sharded: join torchrun's process group (a no-op for one process)
     ctx = ddp.init_from_env(resolve_device(cfg.train.device))
     ddp.barrier(ctx)

@@ -353,10 +353,10 @@ def robustness_run(run_dir: str | Path, opts: RobustnessOptions | None = None,
     return doc
 
 
-# ---------------------------------------------------------------- reading, table, figure
+# ---------------------------------------------------------------- reading
 
 
-def _setting(doc: dict[str, Any], kind: str, value: Any = None) -> dict[str, Any] | None:
+def setting_of(doc: dict[str, Any], kind: str, value: Any = None) -> dict[str, Any] | None:
     for s in doc["settings"]:
         if s["perturbation"] == kind and (value is None or s["value"] == value):
             return s
@@ -401,7 +401,7 @@ def reading(doc: dict[str, Any]) -> str:
                 f"{np.mean([c[1] for c in cos]):.3f} (entry-wise)") if cos else ""
         parts.append(f"Gradient: the spectral loss's gradient had the lower relative variance in {gw} of {gt} "
                      f"settings{tail}.")
-    mid = _setting(doc, "noise", 0.01) or next((s for s in doc["settings"] if s["perturbation"] == "noise"), None)
+    mid = setting_of(doc, "noise", 0.01) or next((s for s in doc["settings"] if s["perturbation"] == "noise"), None)
     if mid is not None:
         a, e = mid["losses"]["sr2lora"], mid["losses"]["entrywise"]
         parts.append(f"Under {mid['label']}: relative loss change {_num(a['loss_rel_change'])} vs "
@@ -419,55 +419,3 @@ def reading(doc: dict[str, Any]) -> str:
 
 def _num(x: float | None, fmt: str = ".3g") -> str:
     return "–" if x is None else format(x, fmt)
-
-
-def robustness_table(doc: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
-    """(header, rows): per setting, for each loss: relative loss change, loss CV, relative gradient variance,
-    mean gradient cosine; then the Weyl checks and the spectrum/entry ratio."""
-    head = ["perturbation"]
-    for n in doc["losses"]:
-        head += [f"{LOSS_TITLES.get(n, n)}: Δloss (rel)", "loss CV", "grad var (rel)", "grad cos"]
-    head += ["Weyl holds", "‖Δλ‖₂/‖ΔR‖_F"]
-    rows = []
-    for s in doc["settings"]:
-        row = [s["label"]]
-        for n in doc["losses"]:
-            c = s["losses"][n]
-            row += [_num(c["loss_rel_change"]), _num(c["loss_cv"]), _num(c["grad_var_rel"]),
-                    _num(c["grad_cos_mean"], ".4f")]
-        w = s["weyl"]
-        row += [f"{w['holds']}/{w['checks']}", _num(s["spectrum_to_entry_ratio"])]
-        rows.append(row)
-    return head, rows
-
-
-def plot_robustness(doc: dict[str, Any], path: str | Path) -> Path:
-    """Relative gradient variance and gradient cosine against the feature-noise size ε, one line per loss; the
-    augmentation and other-batch values as horizontal marks."""
-    from ..report.render import pyplot, save_figure
-
-    plt = pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4.0))
-    noise = [s for s in doc["settings"] if s["perturbation"] == "noise"]
-    eps = [s["value"] for s in noise]
-    for i, n in enumerate(doc["losses"]):
-        colour = f"C{i}"
-        for ax, key in zip(axes, ("grad_var_rel", "grad_cos_mean")):
-            ys = [s["losses"][n][key] for s in noise]
-            if eps and all(y is not None for y in ys):
-                ax.plot(eps, ys, marker="o", color=colour, label=LOSS_TITLES.get(n, n))
-            for kind, style in (("augmentation", ":"), ("batch", "--")):
-                s = _setting(doc, kind)
-                if s is not None and s["losses"][n][key] is not None:
-                    ax.axhline(s["losses"][n][key], color=colour, ls=style, lw=0.9, alpha=0.8)
-    axes[0].set_yscale("log")
-    axes[0].set_ylabel("gradient variance / ‖g_ref‖²")
-    axes[1].set_ylabel("cosine(perturbed, unperturbed gradient)")
-    for ax in axes:
-        ax.set_xscale("log")
-        ax.set_xlabel("relative feature noise ε")
-        ax.grid(alpha=0.3, which="both")
-    axes[0].legend(fontsize=8, title="lines: noise; dotted: augmentation; dashed: other batch", title_fontsize=7)
-    t = doc["pair"]["task"]
-    fig.suptitle(f"{doc['method']}: robustness of the alignment losses (tasks {t - 1} → {t})")
-    return save_figure(fig, Path(path))

@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, ClassVar
 import torch
 from torch import nn
 
-from ..core.errors import ConfigError, TrainingError
+from ..core.errors import TrainingError
+from ..core.registry import Registry
 
 if TYPE_CHECKING:
     from ..config import RunConfig
@@ -92,19 +93,16 @@ class Classifier:
         return None
 
 
-_CLASSIFIERS: dict[str, type[Classifier]] = {}
+CLASSIFIERS: Registry[type[Classifier]] = Registry("classifier", "classifier.kind")
 
 
 def register_classifier(cls: type[Classifier]) -> type[Classifier]:
     """Class decorator: make ``cls`` available as ``classifier.kind=<cls.kind>``."""
-    if not cls.kind or cls.kind in _CLASSIFIERS:
-        raise ValueError(f"classifier kind {cls.kind!r} missing or registered twice")
-    _CLASSIFIERS[cls.kind] = cls
-    return cls
+    return CLASSIFIERS.register(cls.kind, cls)
 
 
 def classifier_kinds() -> list[str]:
-    return sorted(_CLASSIFIERS)
+    return CLASSIFIERS.names()
 
 
 def resolve_kind(cfg: RunConfig) -> str:
@@ -118,7 +116,4 @@ def resolve_kind(cfg: RunConfig) -> str:
 
 def create_classifier(cfg: RunConfig, dim: int, offsets: Sequence[int]) -> Classifier:
     """The classifier the run's config asks for (``classifier.kind``, or the method's default)."""
-    kind = resolve_kind(cfg)
-    if kind not in _CLASSIFIERS:
-        raise ConfigError(f"classifier.kind: unknown classifier {kind!r} (choose one of {', '.join(classifier_kinds())})")
-    return _CLASSIFIERS[kind](cfg, dim, offsets)
+    return CLASSIFIERS.get(resolve_kind(cfg))(cfg, dim, offsets)

@@ -49,7 +49,7 @@ def drop_unreadable(bundle: DatasetBundle, skip_bad: bool) -> tuple[DatasetBundl
         shown = [f"{p} ({reasons[p]})" if p in reasons else p for p in found]
         raise DataError(
             f"{len(found)} image file(s) cannot be read (corrupt or not images):{_listing(shown)}\n"
-            "Fix or remove them, or set data.skip_bad=true to skip them (they are then listed in results.json)."
+            "Fix or remove them, or set data.skip_bad=true to skip them (they are then listed in the run's results as skipped_files)."
         )
     train = _keep(bundle.train, set(bad["train"])) if bad["train"] else bundle.train
     test = _keep(bundle.test, set(bad["test"])) if bad["test"] else bundle.test
@@ -61,7 +61,8 @@ def drop_unreadable(bundle: DatasetBundle, skip_bad: bool) -> tuple[DatasetBundl
             f"image left; skipped:{_listing(found)}"
         )
     warnings.warn(
-        f"data.skip_bad: skipped {len(found)} unreadable image file(s) (listed in results.json):{_listing(found)}",
+        f"data.skip_bad: skipped {len(found)} unreadable image file(s) (listed in the run's results as skipped_files):"
+        f"{_listing(found)}",
         stacklevel=2,
     )
     info = dict(bundle.info, skipped_files=len(found))

@@ -1,121 +1,29 @@
-"""Use a finished run: load it as one model over all learned classes, or export it as one plain timm model.
-
-A run folder holds no backbone weights, only the LoRA factors and heads (``checkpoint/model.safetensors``), so
-:func:`load_run` rebuilds the backbone exactly as the engine did (:func:`sr2lora.runs.saved.load_model`): ``create_vit``
-from the saved ``config.yaml`` under the run's backbone seed. For ``model.pretrained=false`` (the smoke
-preset) that seeded random init is the backbone; for pre-trained backbones it is the weights file or timm's
-hub cache (``imgfocus-vits14``: the cached converted weights). The ``backbone_sha256`` the engine stores in
-the checkpoint is checked, so a backbone rebuilt differently (another torch/timm version, changed weights) is an
-error, not silently wrong predictions.
+"""Export a finished run as one plain timm model (``sr2lora export``).
 
 :func:`export_run` folds every LoRA pair into its qkv weight (W + Σ_s B_s A_s, in float64, cast back) and
 stacks the heads into one ``head`` Linear: the result is the state dict of the same timm architecture with
 ``num_classes`` = the learned classes, loadable without sr2lora (see the JSON sidecar's ``load`` entry).
 
-Both compute in float32, as the run's own evaluation did whatever ``train.precision`` it trained in
-(:data:`sr2lora.core.hardware.EVAL_PRECISION`), so on the same machine they give exactly the accuracies the run
-reported. Runs written before that policy and trained in bf16 (``eval_precision`` absent or not ``fp32`` in
-results.json) evaluated in bf16 and can differ from these models by a few images.
+The exported model computes in float32, as the run's own evaluation did whatever ``train.precision`` it trained
+in (:data:`sr2lora.core.hardware.EVAL_PRECISION`), so on the same machine it gives exactly the accuracies the run
+reported. Runs written before that policy and trained in bf16 (no ``eval_precision`` in their results)
+evaluated in bf16 and can differ from it by a few images.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from ..config import RunConfig
 from ..core.atomic import atomic_path, atomic_write_json
 from ..core.errors import CheckpointError
-from ..core.hardware import float32_evaluation
-from ..models.build import run_transforms
 from ..models.state import plain_backbone_state
-from ..runs.saved import load_classifier, load_model, method_class, read_run
+from .load import LoadedRun, load_run
 
 EXPORT_FORMAT = "sr2lora-export/1"
-
-
-class RunModel(nn.Module):
-    """A batch of transformed images (B, 3, H, W) → logits (B, C) over the classes learned up to its task.
-
-    ``head`` is the run's classifier as after that task (:meth:`sr2lora.classifiers.Classifier.head`): the
-    per-task heads for ``ca``, the cosine or ridge head otherwise; None = the concatenated heads.
-    """
-
-    def __init__(self, cil: nn.Module, lora_tasks: int, head: nn.Module | None = None) -> None:
-        super().__init__()
-        self.cil = cil
-        self.lora_tasks = lora_tasks
-        self.head = head
-
-    @property
-    def num_classes(self) -> int:
-        return sum(self.cil.heads.sizes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        with float32_evaluation(x.device):  # as the run's own evaluation (sr2lora.core.hardware.EVAL_PRECISION)
-            if self.head is None:
-                return self.cil(x, tasks=self.lora_tasks, heads=len(self.cil.heads)).logits
-            return self.head(self.cil(x, tasks=self.lora_tasks, logits=False).feature)
-
-
-@dataclass
-class LoadedRun:
-    """A finished run ready for inference: ``transform(PIL image)`` → tensor, ``model(batch)`` → logits."""
-
-    model: RunModel  # eval mode; logits in label order (= class_names)
-    class_names: list[str]  # label order: results.json class_names, up to the loaded task
-    transform: Callable[[Any], torch.Tensor]  # the run's test transform (PIL image → (3, S, S))
-    transform_spec: dict[str, Any]  # JSON description of ``transform`` (resize, crop, mean/std)
-    config: RunConfig
-    results: dict[str, Any]
-    run_dir: Path
-    task: int  # 0-based: the model is the run's model as after this task
-    num_tasks: int
-
-
-def load_run(run_dir: str | Path, task: int | None = None, device: str | torch.device = "cpu") -> LoadedRun:
-    """Load a finished run as one model over all its classes (``task=t``: the model as after task t, 0-based).
-
-    The backbone is rebuilt from the saved config (no network when its weights are local or cached) and checked
-    against the checkpoint's hash; LoRA branches 0..t are folded into the qkv weights. ``task=t`` before the
-    last task needs the per-task head snapshots (classifier alignment rewrites old heads after every task);
-    runs trained before they were saved can only load their final model. Reads the run folder through
-    :mod:`sr2lora.runs.folder`: no dataset, no file written.
-    """
-    from ..core.hardware import resolve_device
-    from ..data.transforms import transform_spec
-    from ..train.evaluation import lora_tasks
-
-    run_dir = Path(run_dir)
-    run = read_run(run_dir, finished=True)
-    cfg, results = run.config, run.results
-    num_tasks = int(results["num_tasks"])
-    cil = load_model(run, task, "cpu")
-    t = run.task if task is None else int(task)  # load_model checked the range
-    offsets = [int(o) for o in results["task_offsets"]]
-    classifier = load_classifier(run, cil.embed_dim, offsets)
-    head = None if classifier.uses_heads else classifier.head(cil.heads, t)
-    uses_lora = method_class(run).uses_lora
-    model = RunModel(cil, lora_tasks(uses_lora, t), head).eval().to(resolve_device(str(device)))
-
-    d = cfg.data
-    mean_std, _, test_tf = run_transforms(cfg, cil.vit)
-    return LoadedRun(
-        model=model,
-        class_names=list(results["class_names"][: offsets[t + 1]]),
-        transform=test_tf,
-        transform_spec=transform_spec(d.image_size, d.resize_ratio, mean_std),
-        config=cfg,
-        results=results,
-        run_dir=run_dir,
-        task=t,
-        num_tasks=num_tasks,
-    )
 
 
 def timm_architecture(cfg: RunConfig) -> tuple[str, dict[str, Any]]:

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from ..core.errors import ConfigError
+from ..core.registry import Registry
 
 if TYPE_CHECKING:
     from ..models.backbone import CILModel, ForwardOut
@@ -85,31 +86,22 @@ class Method:
         return None
 
 
-_METHODS: dict[str, type[Method]] = {}
+METHODS: Registry[type[Method]] = Registry("method", "method.name")
 
 
 def register_method(cls: type[Method]) -> type[Method]:
     """Class decorator: make ``cls`` available as ``method.name=<cls.name>``."""
-    if not cls.name or cls.name in _METHODS:
-        raise ValueError(f"method name {cls.name!r} missing or registered twice")
     if not dataclasses.is_dataclass(cls.Options):
         raise TypeError(f"{cls.__name__}.Options must be a dataclass")
-    _METHODS[cls.name] = cls
-    return cls
+    return METHODS.register(cls.name, cls)
 
 
 def method_names() -> list[str]:
-    return sorted(_METHODS)
+    return METHODS.names()
 
 
 def get_method_class(name: str) -> type[Method]:
-    if name not in _METHODS:
-        import difflib
-
-        hint = difflib.get_close_matches(name, method_names(), n=1)
-        extra = f"; did you mean {hint[0]}?" if hint else ""
-        raise ConfigError(f"method.name: unknown method {name!r}{extra} (choose one of {', '.join(method_names())})")
-    return _METHODS[name]
+    return METHODS.get(name)
 
 
 def create_method(name: str, options: dict[str, Any], weight: float) -> Method:

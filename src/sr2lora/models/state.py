@@ -116,6 +116,7 @@ def restore_weights(model: CILModel, weights: dict[str, torch.Tensor], task_size
     missing, unexpected = model.load_state_dict(weights, strict=False)
     bad = [k for k in missing if is_stored_weight(k)] + list(unexpected)
     if bad:
-        raise CheckpointError(f"{where}: the checkpoint does not match the model rebuilt from config.yaml: {bad[:5]}")
+        raise CheckpointError(f"{where}: the checkpoint does not match the model rebuilt from the run's config: "
+                              f"{bad[:5]}")
     model.to(device)
     model.fold()

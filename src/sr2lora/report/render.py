@@ -1,6 +1,6 @@
 """Output formatting shared by the report and the analyses: Markdown/HTML tables and figure files.
 
-Kept apart from :mod:`sr2lora.report.build` so that the analyses (drift, drift vs margin, robustness), which the
+Kept apart from :mod:`sr2lora.report` so that the analyses (drift, drift vs margin, robustness), which the
 report also shows, format their tables and figures without importing the report.
 """
 

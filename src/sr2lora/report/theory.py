@@ -15,9 +15,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..analysis.drift_margin import correlation_table, drift_margin_summary, plot_drift_margin
-from ..analysis.robustness import plot_robustness, robustness_table
+from ..analysis.drift_margin import drift_margin_summary
+from ..runs.folder import RunFolder
+from .figures import plot_drift_margin, plot_robustness
 from .render import html_table, md_table
+from .tables import correlation_table, robustness_table
 
 DRIFT_FIGURE = "drift_margin.png"
 
@@ -39,7 +41,7 @@ def theory_section(run_paths: Sequence[Path], out_dir: Path) -> tuple[dict[str, 
     figures: list[Path] = []
     drift = []
     for p in run_paths:
-        doc = _read(Path(p) / "drift.json")
+        doc = _read(RunFolder(p).drift_file)
         if doc is not None and doc.get("tasks"):
             drift.append({**doc, "run": str(p)})
     if drift:
@@ -49,7 +51,7 @@ def theory_section(run_paths: Sequence[Path], out_dir: Path) -> tuple[dict[str, 
     rob = []
     used: set[str] = set()
     for p in run_paths:
-        doc = _read(Path(p) / "robustness.json")
+        doc = _read(RunFolder(p).robustness_file)
         if doc is None or not doc.get("settings"):
             continue
         name = _figure_name(Path(p))

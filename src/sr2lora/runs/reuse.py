@@ -23,6 +23,7 @@ from typing import Literal
 
 from ..config import RunConfig, experiment_dict, load_config
 from ..core.errors import ConfigError, OutputError
+from .folder import RunFolder
 
 FolderState = Literal["fresh", "done", "resumable"]
 
@@ -43,7 +44,7 @@ def experiment_changes(saved: RunConfig, planned: RunConfig) -> list[str]:
 
 def saved_config(run_dir: str | Path) -> RunConfig:
     """The config a run folder was started with; OutputError when its ``config.yaml`` cannot be read."""
-    path = Path(run_dir) / "config.yaml"
+    path = RunFolder(run_dir).config_file
     try:
         return load_config(str(path))
     except ConfigError as exc:
@@ -59,12 +60,13 @@ def folder_state(run_dir: str | Path, planned: RunConfig, hint: str = "choose an
     Raises :class:`ExperimentMismatch` (an OutputError) when the folder holds another experiment, naming the keys
     with both values, and OutputError for a folder with results but no config; ``hint`` ends the message (what
     the user can do in the calling command)."""
-    run_dir = Path(run_dir)
-    has_results = (run_dir / "results.json").is_file()
-    if not (run_dir / "config.yaml").is_file():
+    folder = RunFolder(run_dir)
+    run_dir = folder.path
+    has_results = folder.is_finished()
+    if not folder.is_run():
         if has_results:
             raise OutputError(
-                f"{run_dir}: holds a results.json but no config.yaml, so which experiment it is cannot be told; "
+                f"{run_dir}: holds a {folder.RESULTS} but no {folder.CONFIG}, so which experiment it is cannot be told; "
                 f"nothing was changed. {hint[:1].upper()}{hint[1:]}"
             )
         return "fresh"

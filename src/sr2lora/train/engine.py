@@ -336,13 +336,13 @@ class Trainer:
             self.eval_precision = "mixed"
             warnings.warn(
                 f"{self.out_dir}: the checkpoint's tasks were evaluated in bf16 (an sr2lora from before evaluation "
-                f"was float32), the rest of this run evaluates in {hardware.EVAL_PRECISION}; results.json records "
+                f"was float32), the rest of this run evaluates in {hardware.EVAL_PRECISION}; the results record "
                 f"eval_precision=mixed", stacklevel=2)
         if any(p != self.precision for p in self.task_precision):
             warnings.warn(
                 f"{self.out_dir}: the checkpoint's tasks computed in {'/'.join(sorted(set(self.task_precision)))}, "
                 f"the rest of this run computes in {self.precision} (train.precision={self.cfg.train.precision} "
-                f"on this machine); results.json records precision per task", stacklevel=2)
+                f"on this machine); the results record precision per task", stacklevel=2)
         return t + 1
 
     # ------------------------------------------------------------------ the run

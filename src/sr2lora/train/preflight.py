@@ -1,10 +1,11 @@
 """Checks that run before any heavy work (dataset scan, backbone, training), so a bad input fails in seconds.
 
 :func:`preflight` is called by :class:`sr2lora.train.engine.Trainer` first thing. It checks what can be known
-without reading images: the scenario against the class count of datasets whose count is fixed in code, that
-a given ``data.root`` / ``data.split_file`` exists, and that the output folder can be created and written
-(a probe file is written and removed). Everything else about the data is checked by the dataset builders
-and :func:`sr2lora.data.integrity.drop_unreadable`.
+without reading images: the dataset's name, the task split against the class count of datasets whose count is
+fixed in code, that a given ``data.root`` / ``data.split_file`` exists, the device and the backbone's keyword
+arguments. (The output folder is checked by :func:`sr2lora.launch.launch` before it locks the folder.)
+Everything else about the data is checked by the dataset builders and
+:func:`sr2lora.data.integrity.drop_unreadable`.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ def known_num_classes(dataset: str) -> int | None:
     return None
 
 
-def check_scenario(cfg: RunConfig) -> None:
+def check_task_split(cfg: RunConfig) -> None:
     """Raise ConfigError if the scenario cannot cut a dataset with a known class count (same rules and
     messages as :func:`sr2lora.data.scenario.build_scenario`, which re-checks once the dataset is built)."""
     n = known_num_classes(cfg.data.dataset)
@@ -44,8 +45,12 @@ def check_scenario(cfg: RunConfig) -> None:
 
 
 def check_data_paths(cfg: RunConfig) -> None:
-    """Raise DataError naming ``data.root`` / ``data.split_file`` when given but missing."""
+    """Raise DataError for an unknown ``data.dataset`` (with the closest name) and naming ``data.root`` /
+    ``data.split_file`` when given but missing."""
+    from ..data.registry import DATASETS
+
     d = cfg.data
+    DATASETS.get(d.dataset)
     if d.root and d.dataset != "smoke":
         root = Path(d.root).expanduser()
         if not root.exists() and not (d.download and d.dataset == "cifar100"):
@@ -98,9 +103,9 @@ def check_backbone_kwargs(cfg: RunConfig) -> None:
 
 
 def preflight(cfg: RunConfig) -> None:
-    """All cheap checks of a config before any work: the scenario, the device, the backbone's kwargs, the data
-    paths. (The output folder's checks are :func:`sr2lora.launch.launch`'s, before it locks the folder.)"""
-    check_scenario(cfg)
+    """All cheap checks of a config before any work: the dataset and its paths, the task split, the device, the
+    backbone's kwargs. (The output folder's checks are :func:`sr2lora.launch.launch`'s, before it locks it.)"""
+    check_data_paths(cfg)
+    check_task_split(cfg)
     check_device(cfg)
     check_backbone_kwargs(cfg)
-    check_data_paths(cfg)

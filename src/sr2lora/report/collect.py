@@ -1,0 +1,173 @@
+"""Collecting finished runs for a report: their results and configs, grouped by (preset, method, setting).
+
+Runs are grouped by (preset, method) and, where runs of one (preset, method) differ in config keys other than the
+seed, by a short label of the differing keys (``rank=4, weight=0.5``). Runs of different training (or
+evaluation) precision are never pooled: ``auto`` means bf16 on one machine and fp32 on another.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..config import RUNTIME_KEYS, flatten
+from ..runs.folder import RunFolder
+
+METRICS = ("final_acc", "avg_acc", "forgetting", "bwt", "plasticity")
+# Config keys that never define a group: the seed, labels, where/how fast a run computes, the analysis.
+IGNORED_KEYS = {"seed", "preset", "description", *RUNTIME_KEYS}
+IGNORED_PREFIXES = ("analysis.",)
+
+
+@dataclass
+class RunResult:
+    """One finished run as the report sees it: its folder, results and flattened config (empty when absent)."""
+
+    path: Path
+    results: dict[str, Any]
+    config: dict[str, Any]
+
+    @property
+    def method(self) -> str:
+        return str(self.results.get("method") or self.config.get("method.name") or "?")
+
+    @property
+    def preset(self) -> str:
+        return str(self.results.get("preset") or self.config.get("preset") or "custom")
+
+    @property
+    def seed(self) -> Any:
+        return self.results.get("seed", self.config.get("seed"))
+
+
+RESULT_KEYS = ("acc_curve", "accuracy_matrix")  # what aggregation reads besides METRICS
+
+
+def read_results_file(file: Path) -> dict[str, Any]:
+    """A run's results.json as a dict; ValueError naming the file when it is truncated, not an object, or lacks
+    a key the report needs (the CLI prints it as an error, not a traceback)."""
+    try:
+        results = json.loads(file.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{file}: not valid JSON ({exc}); the file is truncated or damaged, rerun or remove "
+                         f"that run") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{file}: cannot read it ({exc})") from exc
+    if not isinstance(results, dict):
+        raise ValueError(f"{file}: expected a JSON object (a sr2lora run's results), got a {type(results).__name__}")
+    missing = [k for k in (*RESULT_KEYS, *METRICS) if k not in results]
+    if missing:
+        raise ValueError(f"{file}: not the results of a sr2lora run (lacks {', '.join(missing)})")
+    return results
+
+
+def read_run_result(path: str | Path) -> RunResult:
+    """Read a finished run folder's results and config (JSON and YAML only: nothing is rebuilt)."""
+    folder = RunFolder(path)
+    path = folder.path
+    results = read_results_file(folder.results_file)
+    cfg_file = folder.config_file
+    config = flatten(yaml.safe_load(cfg_file.read_text(encoding="utf-8")) or {}) if cfg_file.is_file() else {}
+    if "precision" in results:  # `auto` means bf16 on one machine and fp32 on another: group by what ran
+        config["train.precision"] = results["precision"]
+        # runs from before evaluation was float32 evaluated in their training precision: never pooled with newer ones
+        config["eval_precision"] = results.get("eval_precision", results["precision"])
+    return RunResult(path, results, config)
+
+
+def _ignored(key: str) -> bool:
+    return key in IGNORED_KEYS or key.startswith(IGNORED_PREFIXES)
+
+
+def _fmt_value(v: Any) -> str:
+    if isinstance(v, list):
+        return "[" + ",".join(_fmt_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{" + ",".join(f"{k}:{_fmt_value(x)}" for k, x in v.items()) + "}"
+    return str(v)
+
+
+def differing_keys(runs: Sequence[RunResult]) -> list[str]:
+    """Config keys (seed and run-location keys excluded) whose value is not the same in all ``runs``."""
+    keys = sorted({k for r in runs for k in r.config})
+    out = []
+    for k in keys:
+        if _ignored(k):
+            continue
+        vals = {json.dumps(r.config.get(k), sort_keys=True, default=str) for r in runs}
+        if len(vals) > 1:
+            out.append(k)
+    return out
+
+
+def short_keys(keys: Sequence[str]) -> dict[str, str]:
+    """Each dotted key's last part, or the whole key when two keys share the last part."""
+    last = [k.rsplit(".", 1)[-1] for k in keys]
+    return {k: (s if last.count(s) == 1 else k) for k, s in zip(keys, last)}
+
+
+def setting_label(run: RunResult, keys: Sequence[str]) -> str:
+    """``rank=4, weight=0.5``: the run's values of the keys that vary within its (preset, method)."""
+    short = short_keys(keys)
+    return ", ".join(f"{short[k]}={_fmt_value(run.config.get(k))}" for k in keys)
+
+
+@dataclass
+class Group:
+    """Runs of one (preset, method, setting) — typically several seeds of one configuration."""
+
+    preset: str
+    method: str
+    label: str
+    runs: list[RunResult] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return f"{self.method} [{self.label}]" if self.label else self.method
+
+    @property
+    def full_name(self) -> str:
+        return f"{self.preset}/{self.name}"
+
+    @property
+    def slug(self) -> str:
+        return slug(f"{self.preset}_{self.method}_{self.label}")
+
+
+def group_runs(runs: Sequence[RunResult]) -> list[Group]:
+    """Group by (preset, method), then by the label of the config keys that differ inside that pair."""
+    by_pm: dict[tuple[str, str], list[RunResult]] = {}
+    for r in runs:
+        by_pm.setdefault((r.preset, r.method), []).append(r)
+    groups: list[Group] = []
+    for (preset, method), rs in sorted(by_pm.items()):
+        keys = differing_keys(rs)
+        by_label: dict[str, Group] = {}
+        for r in rs:
+            label = setting_label(r, keys)
+            by_label.setdefault(label, Group(preset, method, label)).runs.append(r)
+        groups.extend(by_label[k] for k in sorted(by_label))
+    for g in groups:
+        g.runs.sort(key=lambda r: (str(r.seed), str(r.path)))
+    return groups
+
+
+SLUG_MAX = 120  # file-name part length kept; longer names (many differing keys) end in a hash instead
+
+
+def short_slug(slug: str) -> str:
+    """``slug`` cut to SLUG_MAX characters plus a hash of the whole, so file names stay under the OS limit."""
+    if len(slug) <= SLUG_MAX:
+        return slug
+    return f"{slug[:SLUG_MAX]}-{hashlib.sha256(slug.encode('utf-8')).hexdigest()[:12]}"
+
+
+def slug(s: str) -> str:
+    return short_slug(re.sub(r"[^A-Za-z0-9._=+-]+", "_", s).strip("_") or "x")
