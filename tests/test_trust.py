@@ -118,8 +118,8 @@ def test_report_writes_valid_json_when_a_result_is_nan(tmp_path, finished_run, c
 
 @pytest.mark.parametrize("content, message", [
     ('{"method": "sr2lora", "acc_cu', "not valid JSON"),
-    ("[1, 2, 3]", "expected a JSON object (a sr2lora results.json), got a list"),
-    ('{"method": "sr2lora"}', "not a sr2lora results.json (lacks acc_curve"),
+    ("[1, 2, 3]", "expected a JSON object (a sr2lora run's results), got a list"),
+    ('{"method": "sr2lora"}', "not the results of a sr2lora run (lacks acc_curve"),
 ])
 def test_report_names_a_bad_results_file(tmp_path, finished_run, capsys, content, message):
     run = tmp_path / "run"
