@@ -46,7 +46,7 @@ assets: setup
 	$(VENV)/bin/sr2lora assets --preset clipart-10t
 
 test: setup assets
-	$(VENV)/bin/pytest
+	$(VENV)/bin/pytest --durations=15
 
 lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any, Union, get_args, get_origin, get_type_hints
@@ -263,10 +264,12 @@ def build_config(data: dict[str, Any]) -> RunConfig:
     return cfg
 
 
-def load_config(preset: str | None, overrides: list[str] | dict[str, Any] | None = None) -> RunConfig:
-    """Preset (name or path; None = defaults) + overrides → a validated RunConfig."""
+def load_config(preset: str | None, overrides: Sequence[str] | dict[str, Any] | None = None) -> RunConfig:
+    """Preset (name or path; None = defaults) + overrides (``key=value`` strings, or a nested dict) → a validated
+    RunConfig."""
     data = load_preset_dict(preset) if preset else {}
-    if isinstance(overrides, list):
+    if overrides is not None and not isinstance(overrides, dict):
+        overrides = list(overrides)
         parse_overrides(overrides)  # every item well-formed first
         for item in overrides:  # in order; a dotted key into a mapping merges into it
             key = item.split("=", 1)[0].strip()

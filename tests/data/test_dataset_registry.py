@@ -14,12 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from sr2lora.assets.openclipart import build_render_cache
-from sr2lora.config import DataConfig
-from sr2lora.data import cifar100
-from sr2lora.data import xdomain as xd
-from sr2lora.data.registry import build_dataset, dataset_names
 from test_datasets import (
     build_unchanged,
     make_cub_official,
@@ -30,6 +24,12 @@ from test_datasets import (
 )
 from test_datasets import make_cifar as write_cifar
 from test_xdomain import make_xdomain_root, write_clipart_tree
+
+from sr2lora.assets.openclipart import build_render_cache
+from sr2lora.config import DataConfig
+from sr2lora.data import cifar100
+from sr2lora.data import xdomain as xd
+from sr2lora.data.registry import build_dataset, dataset_names
 
 # name -> (tmp_path, monkeypatch) -> (the DataConfig that reads the files, the folder that must stay unchanged)
 Builder = Callable[[Path, pytest.MonkeyPatch], tuple[DataConfig, Path]]

@@ -1,6 +1,7 @@
 """Drift analysis (`sr2lora analyze`, analysis.enabled) and the layer-selection ablation (method.layers)."""
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -16,19 +17,14 @@ from sr2lora.methods.base import TaskContext
 from sr2lora.models.backbone import ForwardOut
 
 
-@pytest.fixture(scope="module")
-def drift_runs(tmp_path_factory):
-    """``drift_runs(precision)``: a smoke run with the in-training analysis on (20 items per task), trained in that
-    precision; returns (folder, its drift.json)."""
-    cache: dict[str, tuple[Path, dict]] = {}
+@pytest.fixture
+def drift_runs(smoke_run):
+    """``drift_runs(precision)``: the shared smoke run with the in-training analysis on (20 items per task),
+    trained in that precision; returns (folder, its drift.json)."""
 
     def get(precision: str) -> tuple[Path, dict]:
-        if precision not in cache:
-            out = tmp_path_factory.mktemp(f"drift-{precision}") / "run"
-            assert run_cli("run", "--preset", "smoke", "--quiet", "--out", out, "analysis.enabled=true",
-                           "analysis.samples_per_task=20", f"train.precision={precision}", *FAST) == 0
-            cache[precision] = out, json.loads((out / "drift.json").read_text())
-        return cache[precision]
+        out, _ = smoke_run("analysis.enabled=true", "analysis.samples_per_task=20", precision=precision)
+        return out, json.loads((out / "drift.json").read_text())
 
     return get
 
@@ -73,7 +69,8 @@ def _check_doc(doc: dict, labels: np.ndarray, n: int) -> None:
 
 
 def test_analyze_writes_drift(run_dir, tmp_path, capsys):
-    run, _ = run_dir
+    run = tmp_path / "run"  # analyze writes into the run folder: a copy of the shared run
+    shutil.copytree(run_dir[0], run)
     labels = _test_labels(run)
     plots = tmp_path / "plots"
     assert run_cli("analyze", run, "--samples", "10", "--seed", "3", "--out", plots, "--device", "cpu") == 0

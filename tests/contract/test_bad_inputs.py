@@ -14,13 +14,12 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import read_results, run_cli
+from conftest import FAST, read_results, run_cli
 from sr2lora.runs.folder import RunFolder
 
 CKPT_DIR = RunFolder.CHECKPOINT
 
 RUN = ("run", "--preset", "smoke", "--quiet")
-FAST = ("train.epochs=1", "ca.epochs=1")
 
 
 def fails(capsys, *args, code: int = 2) -> str:
@@ -195,11 +194,10 @@ def test_torch_weights_file_loads_safely(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------ checkpoints
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("finished") / "run"
-    assert run_cli(*RUN, "--out", out, *FAST) == 0
-    return out
+@pytest.fixture
+def finished_run(smoke_run) -> Path:
+    """The shared finished smoke run (read-only: tests copy it before changing it)."""
+    return smoke_run()[0]
 
 
 def unfinished_copy(finished_run: Path, dst: Path) -> Path:

@@ -21,7 +21,7 @@ from sr2lora.models import fastpath
 from sr2lora.models.backbone import CILModel, create_vit
 from sr2lora.models.fastpath import block_forward, onednn_available, supports
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
 sys.path.insert(0, str(BENCH))
 
 import ca as ca_bench  # noqa: E402

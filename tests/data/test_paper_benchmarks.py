@@ -7,10 +7,6 @@ import pytest
 import timm
 import torch
 from safetensors.torch import save_file
-
-from conftest import read_results, run_cli
-from sr2lora.config import load_config, preset_names
-from sr2lora.data.registry import build_dataset
 from test_datasets import (
     CUB_CLASSES,
     R_WNIDS,
@@ -21,6 +17,10 @@ from test_datasets import (
     make_presplit,
     tree_digest,
 )
+
+from conftest import read_results, run_cli
+from sr2lora.config import load_config, preset_names
+from sr2lora.data.registry import build_dataset
 
 MICRO = ["data.image_size=32", "train.epochs=1", "ca.epochs=2", "train.batch_size=4", "data.num_workers=0"]
 

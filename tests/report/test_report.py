@@ -1,29 +1,27 @@
 """`sr2lora report` (seed aggregation, gain over frozen, figures), TensorBoard logs and `sr2lora sweep`."""
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import read_results, run_cli
+from conftest import FAST, read_results, run_cli
 from sr2lora.report.aggregate import forgetting_per_task, mean_std
 from sr2lora.report.collect import RunResult, group_runs
 from sr2lora.sweep import parse_items, plan_sweep, setting_name, split_values
 
-FAST = ["train.epochs=1", "ca.epochs=2"]
 METRICS = ["final_acc", "avg_acc", "forgetting", "bwt", "plasticity"]
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory) -> Path:
-    """Two methods x two seeds of the smoke preset (one level of nesting, to test discovery)."""
+def runs(tmp_path_factory, smoke_run) -> Path:
+    """Two methods x two seeds of the smoke preset (the shared runs, copied one level deep, to test discovery)."""
     root = tmp_path_factory.mktemp("runs")
     for method in ("sr2lora", "frozen"):
         for seed in (0, 1):
-            out = root / method / f"seed{seed}"
-            assert run_cli("run", "--preset", "smoke", "--quiet", "--out", out, f"method.name={method}",
-                           f"seed={seed}", *FAST) == 0
+            shutil.copytree(smoke_run(f"method.name={method}", f"seed={seed}")[0], root / method / f"seed{seed}")
     return root
 
 

@@ -23,14 +23,10 @@ from sr2lora.runs.saved import load_classifier, load_method, load_model, read_ru
 from sr2lora.train.engine import Trainer
 from sr2lora.train.evaluation import lora_tasks
 
-FAST = ["train.epochs=1", "ca.epochs=2"]
-
-
-@pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("run_dir") / "run"
-    assert run_cli("run", "--preset", "smoke", "--quiet", "--out", out, *FAST) == 0
-    return out
+@pytest.fixture
+def base(smoke_run) -> Path:
+    """The shared finished smoke run (read-only: tests copy it before changing it)."""
+    return smoke_run()[0]
 
 
 def listing(folder: Path) -> dict[str, tuple[int, int]]:
@@ -47,26 +43,26 @@ def eval_images(cfg) -> tuple[list, np.ndarray]:
     return [data.eval_images.load(i) for i in range(len(data.eval_labels))], data.eval_labels
 
 
-def test_loading_a_run_writes_nothing(smoke_run):
-    before = listing(smoke_run)
-    parent = sorted(os.listdir(smoke_run.parent))
-    run = load_run(smoke_run)
-    load_run(smoke_run, task=1)
-    folder = read_run(smoke_run)
+def test_loading_a_run_writes_nothing(base):
+    before = listing(base)
+    parent = sorted(os.listdir(base.parent))
+    run = load_run(base)
+    load_run(base, task=1)
+    folder = read_run(base)
     model = load_model(folder)
     load_classifier(folder, model.embed_dim)
     load_method(folder)
-    restored, learned = restore_run(smoke_run, "cpu")  # analyses: builds the dataset, still writes nothing
-    evaluate_run(str(smoke_run))
+    restored, learned = restore_run(base, "cpu")  # analyses: builds the dataset, still writes nothing
+    evaluate_run(str(base))
     assert learned == run.num_tasks == 5 and restored.model.num_tasks == 5
-    assert listing(smoke_run) == before  # no probe file, no lock, no repaired checkpoint, no touched mtime
-    assert sorted(os.listdir(smoke_run.parent)) == parent
+    assert listing(base) == before  # no probe file, no lock, no repaired checkpoint, no touched mtime
+    assert sorted(os.listdir(base.parent)) == parent
 
 
-def test_loading_does_not_build_the_dataset(smoke_run, tmp_path, monkeypatch):
+def test_loading_does_not_build_the_dataset(base, tmp_path, monkeypatch):
     # a copy whose config names a dataset folder that does not exist: a trainer cannot even start on it
     copy = tmp_path / "moved"
-    shutil.copytree(smoke_run, copy)
+    shutil.copytree(base, copy)
     cfg_file = copy / "config.yaml"
     doc = yaml.safe_load(cfg_file.read_text())
     doc["data"].update(dataset="folder", root=str(tmp_path / "no-such-dataset"))
@@ -80,9 +76,9 @@ def test_loading_does_not_build_the_dataset(smoke_run, tmp_path, monkeypatch):
 
     monkeypatch.setitem(registry.DATASETS._items, "smoke", no_dataset)
     with pytest.raises(DataError, match="was built"):
-        prepare_data(load_config(str(smoke_run / "config.yaml")), single_task=False)
+        prepare_data(load_config(str(base / "config.yaml")), single_task=False)
 
-    moved, original = load_run(copy), load_run(smoke_run)
+    moved, original = load_run(copy), load_run(base)
     assert moved.config.data.dataset == "folder" and moved.class_names == original.class_names
     x = torch.randn(6, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
@@ -91,16 +87,16 @@ def test_loading_does_not_build_the_dataset(smoke_run, tmp_path, monkeypatch):
     assert load_model(folder, task=2).num_tasks == 3
 
 
-def test_same_model_and_logits_as_the_trainer(smoke_run, tmp_path):
+def test_same_model_and_logits_as_the_trainer(base, tmp_path):
     """The run loaded through run_dir is the trainer's restored model (resume) bit for bit, and its logits give
     the accuracies results.json reports after every task."""
-    results = read_results(smoke_run)
+    results = read_results(base)
     copy = tmp_path / "resume"
-    shutil.copytree(smoke_run, copy)  # a Trainer writes its preflight probe into the folder
+    shutil.copytree(base, copy)  # a Trainer writes its preflight probe into the folder
     cfg = load_config(str(copy / "config.yaml"))
     trainer = Trainer(cfg, copy, progress=False)
     assert trainer.restore() == 5
-    run = load_run(smoke_run)
+    run = load_run(base)
     ours, theirs = run.model.cil.state_dict(), trainer.model.state_dict()
     assert ours.keys() == theirs.keys()
     assert all(torch.equal(ours[k], theirs[k]) for k in ours)
@@ -117,14 +113,14 @@ def test_same_model_and_logits_as_the_trainer(smoke_run, tmp_path):
     assert 100.0 * float(np.mean(logits.argmax(-1).numpy() == labels)) == pytest.approx(results["final_acc"],
                                                                                         abs=1e-9)
     # the evaluation the analyses run (sr2lora.train.evaluation through a restored run) is the trainer's own
-    e = evaluate_run(str(smoke_run))
+    e = evaluate_run(str(base))
     assert e["row"] == results["accuracy_matrix"][-1] and e["world_size"] == 1
     pred, y = trainer.predict_eval(T - 1)
     assert e["predictions"] == pred.tolist()
 
 
-def test_stored_weights_are_lora_factors_and_heads(smoke_run):
-    folder = read_run(smoke_run)
+def test_stored_weights_are_lora_factors_and_heads(base):
+    folder = read_run(base)
     model = load_model(folder)
     stored = stored_weights(model)
     assert stored.keys() == folder.groups["model"].keys()
@@ -133,24 +129,24 @@ def test_stored_weights_are_lora_factors_and_heads(smoke_run):
     assert backbone and all(k.startswith("vit.") for k in backbone)
 
 
-def test_a_checkpoint_that_does_not_match_is_refused(smoke_run):
-    folder = read_run(smoke_run)
+def test_a_checkpoint_that_does_not_match_is_refused(base):
+    folder = read_run(base)
     weights = dict(folder.groups["model"])
     del weights[next(k for k in weights if ".A." in k)]  # one LoRA factor missing
     sizes = np.diff(folder.offsets).tolist()
     fresh = rebuild_model(folder.config, uses_lora=True)
     with pytest.raises(CheckpointError, match="does not match the model"):
-        restore_weights(fresh, weights, sizes, "cpu", smoke_run)
+        restore_weights(fresh, weights, sizes, "cpu", base)
     fresh = rebuild_model(folder.config, uses_lora=True)
     with pytest.raises(CheckpointError, match="does not match the model"):
         restore_weights(fresh, {**folder.groups["model"], "heads.9.weight": torch.zeros(1)}, sizes, "cpu",
-                        smoke_run)
+                        base)
 
 
-def test_unfinished_and_missing_runs(smoke_run, tmp_path):
+def test_unfinished_and_missing_runs(base, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
-    shutil.copy(smoke_run / "config.yaml", empty / "config.yaml")
+    shutil.copy(base / "config.yaml", empty / "config.yaml")
     with pytest.raises(CheckpointError, match="not finished"):
         read_run(empty)
     assert read_run(empty, finished=False).state == {}

@@ -10,12 +10,11 @@ import sys
 
 import pytest
 
-from conftest import read_results, run_cli, sigterm_cli_after
+from conftest import FAST, read_results, run_cli, sigterm_cli_after
 from sr2lora.config import dump_config, load_config
 from sr2lora.core.errors import OutputError
 from sr2lora.runs.reuse import ExperimentMismatch, folder_state
 
-FAST = ["train.epochs=1", "ca.epochs=2"]
 
 
 def _planted(folder, overrides, results=False):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "xdomain_experiment.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "xdomain_experiment.py"
 
 
 @pytest.fixture(scope="module")

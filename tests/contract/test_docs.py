@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SCANNED_DIRS = ("src", "tests", "scripts", "benchmarks", "docs")
 SKIPPED_DIRS = {"__pycache__", ".pytest_cache", ".ruff_cache"}  # plus *.egg-info (build output, git-ignored)
 

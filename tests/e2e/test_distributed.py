@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import read_results, run_cli
+from conftest import FAST, read_results, run_cli
 from sr2lora.core.distributed import DistContext, interleave_batches, per_rank_batch, shard_batches
 
-FAST = ["train.epochs=1", "ca.epochs=2", "train.eval_batch_size=48"]  # 240 test images: 5 batches, uneven
+FAST = [*FAST, "train.eval_batch_size=48"]  # 240 test images: 5 batches, uneven
 
 
 def torchrun(*args: str, nproc: int = 2, timeout: float = 600) -> subprocess.CompletedProcess:

@@ -3,6 +3,7 @@ and `sr2lora analyze --robustness` (deterministic JSON) on a smoke run."""
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -189,21 +190,19 @@ def test_measure_known_answers():
 # ---------------------------------------------------------------- the CLI on a smoke run
 
 
-@pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("theory") / "run"
-    assert run_cli("run", "--preset", "smoke", "--quiet", "--out", out, "train.epochs=1", "ca.epochs=2",
-                   "scenario.init_cls=12", "train.device=cpu") == 0
-    return out
+@pytest.fixture
+def theory_run(smoke_run) -> Path:
+    """The shared smoke run with a first task of 12 classes, on the CPU (read-only)."""
+    return smoke_run("scenario.init_cls=12", "train.device=cpu")[0]
 
 
-def test_robustness_cli_is_deterministic(smoke_run, tmp_path):
-    args = ["analyze", smoke_run, "--robustness", "--draws", "3", "--grad-draws", "2", "--batch-size", "6",
+def test_robustness_cli_is_deterministic(theory_run, tmp_path):
+    args = ["analyze", theory_run, "--robustness", "--draws", "3", "--grad-draws", "2", "--batch-size", "6",
             "--eps", "0.05,0.2", "--batch-sizes", "3", "--device", "cpu", "--out", tmp_path]
     assert run_cli(*args) == 0
-    first = (smoke_run / "robustness.json").read_bytes()
+    first = (theory_run / "robustness.json").read_bytes()
     assert run_cli(*args) == 0
-    assert (smoke_run / "robustness.json").read_bytes() == first  # the same command, the same JSON
+    assert (theory_run / "robustness.json").read_bytes() == first  # the same command, the same JSON
     doc = json.loads(first)
     assert doc["schema"] == "sr2lora.robustness/1" and doc["pair"]["task"] == 2 and doc["batch_size"] == 6
     assert [s["label"] for s in doc["settings"]] == ["augmentation re-drawn", "another batch",
@@ -214,21 +213,21 @@ def test_robustness_cli_is_deterministic(smoke_run, tmp_path):
             c = s["losses"][name]
             assert c["grad_draws"] == 2 and c["grad_var"] > 0 and -1 <= c["grad_cos_mean"] <= 1
     assert (tmp_path / "robustness_run.png").is_file() and "Weyl's bound held" in doc["reading"]
-    assert run_cli("analyze", smoke_run, "--robustness", "--task", "0") == 2  # no previous model: clear error
-    assert run_cli("analyze", smoke_run, "--robustness", "--draws", "1") == 2
+    assert run_cli("analyze", theory_run, "--robustness", "--task", "0") == 2  # no previous model: clear error
+    assert run_cli("analyze", theory_run, "--robustness", "--draws", "1") == 2
 
 
-def test_analyze_and_report_show_the_theory_checks(smoke_run, tmp_path):
+def test_analyze_and_report_show_the_theory_checks(theory_run, tmp_path):
     from sr2lora.report import build_report
 
-    assert run_cli("analyze", smoke_run, "--samples", "8", "--device", "cpu", "--out", tmp_path / "a") == 0
-    drift = json.loads((smoke_run / "drift.json").read_text())
+    assert run_cli("analyze", theory_run, "--samples", "8", "--device", "cpu", "--out", tmp_path / "a") == 0
+    drift = json.loads((theory_run / "drift.json").read_text())
     assert drift["drift_margin"]["num_pairs"] == 3  # 3 tasks: (0,1), (0,2), (1,2)
     assert (tmp_path / "a" / "drift_margin.png").is_file() and (tmp_path / "a" / "drift_margin.json").is_file()
-    if not (smoke_run / "robustness.json").is_file():
-        assert run_cli("analyze", smoke_run, "--robustness", "--draws", "2", "--grad-draws", "1",
+    if not (theory_run / "robustness.json").is_file():
+        assert run_cli("analyze", theory_run, "--robustness", "--draws", "2", "--grad-draws", "1",
                        "--batch-size", "4", "--eps", "0.1", "--device", "cpu") == 0
-    doc = build_report([smoke_run], tmp_path / "report")
+    doc = build_report([theory_run], tmp_path / "report")
     theory = doc["theory"]
     assert theory["drift_margin"]["num_pairs"] == 3 and len(theory["robustness"]) == 1
     md = (tmp_path / "report" / "report.md").read_text()

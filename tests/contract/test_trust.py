@@ -18,15 +18,14 @@ import pytest
 import yaml
 from PIL import Image
 
-from conftest import read_results, run_cli
+from conftest import FAST, read_results, run_cli
 from sr2lora.runs.folder import RunFolder
 
 CKPT_DIR = RunFolder.CHECKPOINT
 LOCK_NAME = RunFolder.LOCK
 
 RUN = ("run", "--preset", "smoke", "--quiet")
-FAST = ("train.epochs=1", "ca.epochs=1")
-SRC = str(Path(__file__).resolve().parents[1] / "src")
+SRC = str(Path(__file__).resolve().parents[2] / "src")
 
 
 def fails(capsys, *args, code: int = 2) -> str:
@@ -97,11 +96,10 @@ def test_task_without_evaluation_images_writes_null_not_nan(tmp_path, capsys):
 
 
 # ------------------------------------------------------------------------------------- report
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("finished") / "run"
-    assert run_cli(*RUN, "--out", out, *FAST) == 0
-    return out
+@pytest.fixture
+def finished_run(smoke_run) -> Path:
+    """The shared finished smoke run (read-only: tests copy it before changing it)."""
+    return smoke_run()[0]
 
 
 def test_report_writes_valid_json_when_a_result_is_nan(tmp_path, finished_run, capsys):
