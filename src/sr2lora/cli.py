@@ -35,7 +35,8 @@ def _default_out(cfg) -> Path:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .launch import check_new_run, launch, resume_config
+    from .launch import RunningElsewhere, check_new_run, continue_state, launch, resume_config
+    from .runs.lock import FolderInUse
 
     if args.resume:
         run_dir = Path(args.resume)
@@ -56,11 +57,23 @@ def cmd_run(args: argparse.Namespace) -> int:
         cfg = load_config(args.preset, args.overrides)
         from .core.distributed import env_world_size
 
-        if not args.out and env_world_size() > 1:  # each rank would stamp its own default folder
-            raise UserError("run: a torchrun run needs --out RUN_DIR (the same folder for every process)")
+        if not args.out and (env_world_size() > 1 or args.continue_):  # the folder must be known in advance
+            raise UserError("run: a torchrun run and `run --continue` need --out RUN_DIR")
         run_dir = Path(args.out) if args.out else _default_out(cfg)
-        check_new_run(cfg, run_dir)
-        results = launch(cfg, run_dir, progress=not args.quiet)
+        if args.continue_:
+            resume = continue_state(cfg, run_dir)  # the sweeps' idempotent cell
+            if resume is None:
+                print(f"{run_dir}: the run is finished ({RunFolder.RESULTS} exists); nothing to do")
+                return 0
+        else:
+            check_new_run(cfg, run_dir)
+            resume = False
+        try:
+            results = launch(cfg, run_dir, resume=resume, progress=not args.quiet)
+        except FolderInUse as exc:  # taken between the check and the lock
+            if not args.continue_:
+                raise
+            raise RunningElsewhere(f"{exc} (running elsewhere: this cell is left to it)") from exc
     from .core.distributed import current
 
     if current().is_main:  # torchrun: one summary, from rank 0
@@ -251,24 +264,73 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from contextlib import nullcontext
-
     from .core.signals import check_interrupt, stop_on_signals
-    from .runs.lock import run_folder_lock
-    from .sweep import parse_seeds, run_sweep
+    from .sweep import format_status, sweep_status
 
-    out = Path(args.out) if args.out else Path("runs") / f"sweep-{Path(args.preset).stem}"
+    if args.status:  # where every cell stands; non-zero while a cell failed
+        rows = sweep_status(args.status)
+        if not rows:
+            raise UserError(f"--status {args.status}: no sweep recorded there (no sweep.json); give the sweep's --out")
+        print(format_status(rows))
+        return 1 if any(r.state == "failed" for r in rows) else 0
+    cells, out = _plan_cells(args)
+    launcher = _launcher(args)
+    from .sweep import run_sweep
+
     try:
-        # SIGINT/SIGTERM stop the run in progress cleanly; one sweep per folder at a time
-        with stop_on_signals(), nullcontext() if args.dry_run else run_folder_lock(out):
-            summary = run_sweep(args.preset, args.items, out, parse_seeds(args.seeds), dry_run=args.dry_run,
-                                progress=not args.quiet, report=not args.no_report)
+        with stop_on_signals():  # SIGINT/SIGTERM: the cells in progress stop cleanly, resumable
+            summary = run_sweep(cells, out, launcher, dry_run=args.dry_run, report=not args.no_report,
+                                argv=sys.argv[1:] if sys.argv[1:2] == ["sweep"] else None)
             check_interrupt()  # a stop asked for while the report was written is not swallowed
     except Interrupted as exc:
-        print(f"interrupted; run the same `sr2lora sweep` again to continue (finished runs in {out} are skipped, "
-              f"the interrupted one resumed)", file=sys.stderr)
+        print(f"interrupted; run the same `sr2lora sweep` again to continue (finished cells in {out} are skipped, "
+              f"interrupted ones resumed)", file=sys.stderr)
         return exc.exit_code
     return 1 if summary["failed"] else 0
+
+
+def _plan_cells(args: argparse.Namespace):
+    """(cells, sweep folder) of ``sr2lora sweep``: a grid over --preset, or a named grid (--grid paper)."""
+    from .sweep import parse_list, parse_seeds, plan_paper_grid, plan_sweep
+
+    if args.grid == "paper":
+        if args.preset:
+            raise UserError("sweep: give --grid paper or --preset, not both")
+        out = Path(args.out) if args.out else Path("runs") / "paper-grid"
+        axes = [i for i in args.items if "," in i.split("=", 1)[-1] or ";" in i]
+        if axes:
+            raise UserError(f"sweep --grid paper: items are fixed overrides of every cell, not grid axes: {axes}")
+        cells = plan_paper_grid(out, datasets=parse_list(args.datasets, str, "-d"), tasks=parse_list(args.tasks, int,
+                                "-t"), seeds=parse_list(args.seeds, int, "-s"),
+                                methods=parse_list(args.methods, str, "-m"), overrides=args.items)
+        return cells, out
+    if not args.preset:
+        raise UserError("sweep: give --preset NAME (a grid over it) or --grid paper (see `sr2lora sweep -h`)")
+    if args.datasets or args.tasks or args.methods:
+        raise UserError("sweep: -d/-t/-m select cells of --grid paper; with --preset, give axes as key=v1,v2")
+    out = Path(args.out) if args.out else Path("runs") / f"sweep-{Path(args.preset).stem}"
+    return plan_sweep(args.preset, args.items, out, parse_seeds(args.seeds)), out
+
+
+def _launcher(args: argparse.Namespace):
+    """The launcher named by --launcher, with its options."""
+    from .sweep import Local, Serial, Slurm, SlurmOptions, parse_sbatch
+
+    if args.launcher == "serial":
+        return Serial(progress=not args.quiet)
+    if args.launcher == "local":
+        devices = [d for d in (args.devices or "").split(",") if d.strip()] or None
+        jobs = args.jobs if args.jobs is not None else (len(devices) if devices else None)
+        if jobs is None:
+            from .sweep.launchers import visible_gpus
+
+            jobs = len(visible_gpus()) or 2
+        return Local(jobs=jobs, devices=devices)
+    return Slurm(SlurmOptions(partition=args.partition, account=args.account, qos=args.qos, time=args.time,
+                              gpus_per_cell=args.gpus_per_cell, cpus_per_cell=args.cpus_per_cell,
+                              mem_gb=args.mem_per_cell, array_parallelism=args.array_parallelism,
+                              sbatch=parse_sbatch(args.sbatch), setup=list(args.setup)),
+                 wait=not args.no_wait)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -279,6 +341,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--preset", help="preset name (see `sr2lora presets`) or a YAML file")
     r.add_argument("--out", help="run folder (default runs/<preset>-<method>-seed<seed>-<time>)")
     r.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last complete task")
+    r.add_argument("--continue", dest="continue_", action="store_true",
+                   help="with --preset and --out: start the run, resume it if --out holds it unfinished, or do "
+                        "nothing if it finished (what a sweep's cell runs; a folder in use exits with 75)")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
     r.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.epochs=5 method.name=seqlora")
     r.set_defaults(func=cmd_run)
@@ -351,15 +416,44 @@ def build_parser() -> argparse.ArgumentParser:
     rb.add_argument("--relation-norm", help="none | l2 | trace (default the run's method.relation_norm)")
     an.set_defaults(func=cmd_analyze)
 
-    sw = sub.add_parser("sweep", help="run a grid of settings x seeds (ablations), then report",
-                        description="Items key=v1,v2 are grid axes (';' separates values when they contain commas, "
-                                    "e.g. method.layers='[0,1];[2,3]'); items with one value are fixed overrides.")
-    sw.add_argument("--preset", required=True)
-    sw.add_argument("--out", help="sweep folder (default runs/sweep-<preset>)")
-    sw.add_argument("--seeds", help="comma-separated seeds (default: the preset's seed)")
-    sw.add_argument("--dry-run", action="store_true", help="print the plan only")
+    sw = sub.add_parser(
+        "sweep", help="run a grid of cells (settings x seeds, or the paper's grid) on a launcher, then report",
+        description="Items key=v1,v2 are grid axes (';' separates values when they contain commas, e.g. "
+                    "method.layers='[0,1];[2,3]'); items with one value are fixed overrides of every cell. Each "
+                    "cell is an idempotent `sr2lora run --continue`: the same command again skips finished cells and "
+                    "resumes interrupted ones.")
+    sw.add_argument("--preset", help="the preset the grid varies (a grid of key=v1,v2 axes x --seeds)")
+    sw.add_argument("--grid", choices=["paper"], help="a named grid: the paper's datasets x tasks x methods x seeds")
+    sw.add_argument("-d", "--datasets", help="--grid paper: datasets (default cifar100,imagenet-r,imagenet-a,cub200)")
+    sw.add_argument("-t", "--tasks", help="--grid paper: task counts (default 5,10,20,50)")
+    sw.add_argument("-m", "--methods", help="--grid paper: methods (default the paper's variants and baselines)")
+    sw.add_argument("-s", "--seeds", help="comma-separated seeds (default: the preset's seed; paper: 0,1993,1996)")
+    sw.add_argument("--out", help="sweep folder (default runs/sweep-<preset> or runs/paper-grid)")
+    sw.add_argument("--launcher", choices=["serial", "local", "slurm"], default="serial",
+                    help="serial: one cell after another here (default); local: --jobs cells at once here; "
+                         "slurm: one SLURM job per cell (a job array, through submitit)")
+    sw.add_argument("--status", metavar="OUT", help="print where every cell of the sweep in OUT stands and exit "
+                                                     "(non-zero while a cell failed)")
+    sw.add_argument("--dry-run", action="store_true", help="print the cells (and the sbatch script) only")
     sw.add_argument("--no-report", action="store_true", help="do not write OUT/report at the end")
     sw.add_argument("--quiet", action="store_true", help="no progress bars")
+    lo = sw.add_argument_group("local launcher")
+    lo.add_argument("--jobs", type=int, help="cells at once (default: one per visible GPU, else 2 single-thread)")
+    lo.add_argument("--devices", help="CUDA devices to use, e.g. 0,1,2,3 (default: every visible one)")
+    sl = sw.add_argument_group("slurm launcher")
+    sl.add_argument("--partition", help="sbatch --partition")
+    sl.add_argument("--account", help="sbatch --account")
+    sl.add_argument("--qos", help="sbatch --qos")
+    sl.add_argument("--time", type=int, default=60, help="time limit per cell, minutes (default 60)")
+    sl.add_argument("--gpus-per-cell", type=int, default=0, help="GPUs per cell; more than 1 runs torchrun in the job")
+    sl.add_argument("--cpus-per-cell", type=int, help="CPUs per cell (sbatch --cpus-per-task)")
+    sl.add_argument("--mem-per-cell", type=float, help="memory per cell, GB")
+    sl.add_argument("--array-parallelism", type=int, default=256, help="cells running at once (default 256)")
+    sl.add_argument("--sbatch", action="append", default=[], metavar="FLAG=VALUE",
+                    help="any other sbatch option, without its --, e.g. --sbatch constraint=a100 (repeatable)")
+    sl.add_argument("--setup", action="append", default=[], metavar="LINE",
+                    help="a shell line run in each job before its cell, e.g. --setup 'module load cuda' (repeatable)")
+    sl.add_argument("--no-wait", action="store_true", help="return once submitted (default: wait for the jobs)")
     sw.add_argument("items", nargs="*", metavar="KEY=VALUES", help="grid axes and fixed overrides")
     sw.set_defaults(func=cmd_sweep)
     return p
@@ -378,7 +472,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except Sr2loraError as exc:  # a problem the user can fix: its message is the whole story
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return getattr(exc, "exit_code", 2)
     except BrokenPipeError:  # e.g. `sr2lora presets | head`
         return 0
     except OSError as exc:  # disk full, no permission, read-only: a message, not a traceback

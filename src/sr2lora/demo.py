@@ -15,16 +15,11 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
-import threading
 import time
-from collections.abc import Sequence
 from pathlib import Path
 
 from .config import load_config
 from .core.errors import TrainingError
-from .core.signals import check_interrupt
 from .runs.folder import RunFolder
 from .runs.reuse import folder_state
 
@@ -52,68 +47,6 @@ def default_jobs() -> int:
     return max(1, min(2, cores))
 
 
-def _run_in_processes(preset: str, todo: Sequence[tuple[str, Path, list[str], bool]], jobs: int) -> None:
-    """Run ``sr2lora run`` for each (method, folder, overrides, resume), ``jobs`` at a time, echoing their lines.
-
-    Each child's output also goes to ``folder/log.txt``. A failed child does not stop the others; after all
-    have ended a :class:`TrainingError` names the failed ones and their logs. SIGINT/SIGTERM reach the children
-    (they stop cleanly and can be resumed) before this process stops.
-    """
-    queue = list(todo)
-    lock = threading.Lock()
-    failed: list[str] = []
-    procs: list[subprocess.Popen] = []
-
-    def worker() -> None:
-        while True:
-            with lock:
-                if not queue:
-                    return
-                method, run_dir, overrides, resume = queue.pop(0)
-            run_dir.parent.mkdir(parents=True, exist_ok=True)
-            where = ["--resume", str(run_dir), "train.threads=1"] if resume else [
-                "--preset", preset, "--out", str(run_dir), *overrides]
-            cmd = [sys.executable, "-m", "sr2lora", "run", *where]
-            log_path = run_dir.parent / f"{run_dir.name}.log"
-            with open(log_path, "w", encoding="utf-8") as log:
-                proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                        env=dict(os.environ, PYTHONUNBUFFERED="1"))
-                with lock:
-                    procs.append(proc)
-                for line in proc.stdout:
-                    log.write(line)
-                    print(f"[{method}] {line}", end="", flush=True)
-                code = proc.wait()
-            if code == 0 and run_dir.is_dir():
-                shutil.move(str(log_path), run_dir / "log.txt")
-            else:
-                with lock:
-                    failed.append(f"{method} (exit {code}; log {log_path})")
-
-    threads = [threading.Thread(target=worker, daemon=True) for _ in range(min(jobs, len(todo)))]
-    try:
-        for th in threads:
-            th.start()
-        for th in threads:
-            while th.is_alive():
-                th.join(0.5)
-                check_interrupt()
-    except BaseException:  # Ctrl-C or SIGTERM turned into an exception: stop the children cleanly first
-        with lock:
-            queue.clear()
-            for p in procs:
-                if p.poll() is None:
-                    p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                p.kill()
-        raise
-    if failed:
-        raise TrainingError(f"demo: these runs failed: {'; '.join(failed)}")
-
-
 def run_demo(
     preset: str = "clipart-10t",
     out: str | Path = "runs/demo",
@@ -123,44 +56,48 @@ def run_demo(
     progress: bool = True,
     jobs: int = 1,
 ) -> Path:
-    """Run (or reuse) each method's run under ``out/<method>``, print the table, write ``out/report``."""
-    from .launch import launch
+    """Run (or reuse) each method's run under ``out/<method>``, print the table, write ``out/report``.
+
+    The methods are the cells of a small sweep (:mod:`sr2lora.sweep`): with ``jobs`` > 1 they run as that many
+    single-thread processes at once (the ``local`` launcher; their output in ``out/logs``), else one after another
+    in this process."""
     from .report import write_report
+    from .sweep import Cell, Local, Serial, SweepRecord
 
     out = Path(out)
     start = time.perf_counter()
-    run_dirs, todo = [], []
-    threads = ["train.threads=1"] if jobs > 1 else []
+    cells, todo = [], []
     for i, method in enumerate(methods):
-        method_overrides = [*(overrides or []), f"method.name={method}", *threads]
+        method_overrides = [*(overrides or []), f"method.name={method}"]
         cfg = load_config(preset, method_overrides)
         run_dir = out / method
         if fresh and run_dir.exists():
             shutil.rmtree(run_dir)
         state = folder_state(run_dir, cfg, hint="add --fresh to rerun every method, or choose another --out")
+        cell = Cell(method, preset, method_overrides, run_dir, cfg, {"method.name": method})
         if state == "done":
             print(f"[{i + 1}/{len(methods)}] {method}: reusing the finished run in {run_dir}")
         elif state == "resumable":  # interrupted: continue from its last complete task
             print(f"[{i + 1}/{len(methods)}] {method}: resuming the interrupted run in {run_dir}")
-            todo.append((method, cfg, run_dir, method_overrides, True))
+            todo.append(cell)
         else:
-            if run_dir.exists():
-                shutil.rmtree(run_dir)
-            todo.append((method, cfg, run_dir, method_overrides, False))
-        run_dirs.append(run_dir)
+            todo.append(cell)
+        cells.append(cell)
+    run_dirs = [c.out for c in cells]
     if todo:  # the runs only read the cache: build what is missing once, here, before any of them starts
         from .assets import prepare_assets
 
-        prepare_assets(todo[0][1])
-    if jobs > 1 and len(todo) > 1:
-        print(f"running {', '.join(m for m, *_ in todo)} as {min(jobs, len(todo))} single-thread processes at "
-              f"once (sr2lora demo --jobs 1: one after another)", flush=True)
-        _run_in_processes(preset, [(m, d, o, r) for m, _, d, o, r in todo], jobs)
-    else:
-        for method, cfg, run_dir, _, resume in todo:
-            print(f"{method} on {preset} (seed {cfg.seed}) -> {run_dir}", flush=True)
-            launch(load_config(str(RunFolder(run_dir).config_file)) if resume else cfg, run_dir, resume=resume,
-                   progress=progress)
+        prepare_assets(todo[0].cfg)
+        record = SweepRecord(out)
+        record.plan(cells)
+        if jobs > 1 and len(todo) > 1:
+            print(f"running {', '.join(c.name for c in todo)} as {min(jobs, len(todo))} single-thread processes at "
+                  f"once (sr2lora demo --jobs 1: one after another)", flush=True)
+            failed = Local(jobs=jobs, devices=[]).run(todo, record, say=lambda line: print(line, flush=True))
+        else:
+            failed = Serial(progress=progress).run(todo, record, say=lambda line: print(line, flush=True))
+        if failed:
+            raise TrainingError(f"demo: these runs failed: {', '.join(failed)} (their output: {out / 'logs'})")
     results = [RunFolder(d).read_results() for d in run_dirs]
     report_dir = out / "report"
     written = write_report(run_dirs, report_dir)

@@ -16,7 +16,7 @@ from .config import RUNTIME_KEYS, RunConfig, load_config
 from .core.errors import OutputError
 from .core.signals import Interrupted, stop_on_signals
 from .runs.folder import RunFolder, check_out_outside_data
-from .runs.lock import check_not_in_use, run_folder_lock
+from .runs.lock import FolderInUse, check_not_in_use, run_folder_lock
 from .runs.reuse import ExperimentMismatch, folder_state
 from .train.callbacks import Callback, CSVLog, TensorBoardLog
 
@@ -64,6 +64,36 @@ def check_new_run(cfg: RunConfig, out: str | Path) -> None:
     if state == "resumable":
         raise OutputError(f"--out {out}: already holds a run; continue it with `sr2lora run --resume {out}` or choose "
                           f"another --out (nothing was overwritten)")
+
+
+# The exit status of `sr2lora run --continue` when the run folder is in use by another live process: the cell is
+# running elsewhere (another sweep, another job); a sweep counts it as such, not as a failure (EX_TEMPFAIL).
+RUNNING_ELSEWHERE = 75
+
+
+class RunningElsewhere(OutputError):
+    """The run folder is in use by another live sr2lora process."""
+
+    exit_code = RUNNING_ELSEWHERE
+
+
+def continue_state(cfg: RunConfig, out: str | Path) -> bool | None:
+    """What ``sr2lora run --continue`` does with ``out``: False (start it), True (resume it: it holds this
+    experiment, unfinished) or None (finished: nothing to do). A folder in use by another live process is
+    :class:`RunningElsewhere`; one holding another experiment is refused, naming the keys that differ."""
+    try:
+        check_not_in_use(out)
+    except FolderInUse as exc:
+        raise RunningElsewhere(f"{exc} (running elsewhere: this cell is left to it)") from exc
+    state = folder_state(out, cfg, hint="remove it or choose another --out")
+    if state == "done":
+        return None
+    if state == "resumable":
+        from .runs.checkpoint import check_resumable
+
+        check_resumable(out)
+        return True
+    return False
 
 
 def resume_config(run_dir: str | Path, overrides: Sequence[str] = ()) -> RunConfig | None:

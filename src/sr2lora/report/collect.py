@@ -127,6 +127,7 @@ class Group:
     method: str
     label: str
     runs: list[RunResult] = field(default_factory=list)
+    missing: list[Path] = field(default_factory=list)  # planned runs of this group that have not finished
 
     @property
     def name(self) -> str:
@@ -139,6 +140,29 @@ class Group:
     @property
     def slug(self) -> str:
         return slug(f"{self.preset}_{self.method}_{self.label}")
+
+
+def match_missing(groups: Sequence[Group], missing: Sequence[tuple[Path, dict[str, Any]]]) -> list[Path]:
+    """Attach each planned but unfinished run (folder, flattened config) to the group it would have joined
+    (``Group.missing``): same preset and method and the same values of the keys that tell the group apart.
+    Returns the folders that match no group (a whole setting without any finished run)."""
+    unmatched = []
+    for folder, config in missing:
+        preset = str(config.get("preset") or "custom")
+        method = str(config.get("method.name") or "?")
+        cands = [g for g in groups if g.preset == preset and g.method == method]
+        home = None
+        for g in cands:
+            keys = [k for k in differing_keys([r for c in cands for r in c.runs]) if k in config
+                    and k not in ("train.precision", "eval_precision")]  # precision: resolved only once run
+            if all(_fmt_value(config.get(k)) == _fmt_value(g.runs[0].config.get(k)) for k in keys):
+                home = g
+                break
+        if home is None:
+            unmatched.append(Path(folder))
+        else:
+            home.missing.append(Path(folder))
+    return unmatched
 
 
 def group_runs(runs: Sequence[RunResult]) -> list[Group]:

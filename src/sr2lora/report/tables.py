@@ -28,7 +28,8 @@ def summary_table(aggs: Sequence[dict[str, Any]]) -> tuple[list[str], list[list[
     rows = []
     for g in aggs:
         gain = g["gain_over_frozen"] or {}
-        rows.append([g["name"], g["preset"], str(g["n"]), *[pm(g["metrics"][m]) for m in METRICS],
+        n = str(g["n"]) if g.get("planned", g["n"]) == g["n"] else f"{g['n']} of {g['planned']}"
+        rows.append([g["name"], g["preset"], n, *[pm(g["metrics"][m]) for m in METRICS],
                      _signed(gain.get("final_acc")), _signed(gain.get("avg_acc"))])
     return head, rows
 

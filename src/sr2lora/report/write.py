@@ -12,28 +12,37 @@ from __future__ import annotations
 import base64
 import html
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..config import RunConfig, flatten
 from ..core.atomic import atomic_write_json, atomic_write_text
 from ..runs.folder import discover_runs
 from .aggregate import add_gains, aggregate
-from .collect import group_runs, read_run_result, slug
+from .collect import group_runs, match_missing, read_run_result, slug
 from .figures import plot_curves, plot_forgetting, plot_matrix, plot_summary
 from .render import html_table, md_table
 from .tables import curve_table, summary_table
 
+MISSING_NOTE = ("planned but not finished (failed, running or not started); the groups' means use only their "
+                "finished seeds, as the n column says")
 
-def build_report(paths: Iterable[str | Path], out_dir: str | Path) -> dict[str, Any]:
+
+def build_report(paths: Iterable[str | Path], out_dir: str | Path,
+                 missing: Sequence[tuple[Path, RunConfig]] = ()) -> dict[str, Any]:
     """Discover, group and aggregate runs; write report.md, report.html, report.json and the PNGs into ``out_dir``.
 
-    Returns report.json's content. Raises FileNotFoundError when no run is found.
+    ``missing``: planned runs (folder, config) that have not finished (a sweep's unfinished cells): each group
+    says how many of its planned seeds it averages ("2 of 3") and the report lists the missing runs, so fewer
+    seeds are never averaged silently. Returns report.json's content. Raises FileNotFoundError when no run is
+    found.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     runs = [read_run_result(p) for p in discover_runs(paths)]
     groups = group_runs(runs)
+    unmatched = match_missing(groups, [(Path(f), flatten(cfg.to_dict())) for f, cfg in missing])
     aggs = [aggregate(g) for g in groups]
     for a, g in zip(aggs, groups):
         a["slug"] = g.slug
@@ -58,6 +67,7 @@ def build_report(paths: Iterable[str | Path], out_dir: str | Path) -> dict[str, 
         "num_runs": len(runs),
         "format": "mean ± sample std (n-1) over seeds; gains are differences of means",
         "groups": aggs,
+        "missing": [str(p) for g in groups for p in g.missing] + [str(p) for p in unmatched],
         "figures": [p.name for _, p in figures] + [p.name for p in theory_figures],
         "theory": theory,
     }
@@ -84,6 +94,8 @@ def _write_md(doc: dict[str, Any], presets: list[str], figures: list[tuple[str, 
     for a in aggs:
         parts.append(f"- **{a['preset']}/{a['name']}** (seeds {', '.join(map(str, a['seeds']))}): "
                      + ", ".join(f"`{r}`" for r in a["runs"]))
+    if doc["missing"]:
+        parts += ["", "## Missing runs", "", f"{MISSING_NOTE}:", "", *[f"- `{m}`" for m in doc["missing"]]]
     from .theory import theory_markdown
 
     parts += ["", *theory_markdown(doc.get("theory")), "## Figures", ""]
@@ -102,9 +114,13 @@ def _write_html(doc: dict[str, Any], presets: list[str], figures: list[tuple[str
     for a in aggs:
         body.append(f"<li><b>{html.escape(a['preset'] + '/' + a['name'])}</b>: "
                     + ", ".join(f"<code>{html.escape(r)}</code>" for r in a["runs"]) + "</li>")
+    body.append("</ul>")
+    if doc["missing"]:
+        body += [f"<h2>Missing runs</h2><p>{html.escape(MISSING_NOTE)}:</p><ul>",
+                 *[f"<li><code>{html.escape(m)}</code></li>" for m in doc["missing"]], "</ul>"]
     from .theory import theory_html
 
-    body += ["</ul>", *theory_html(doc.get("theory"), path.parent), "<h2>Figures</h2>"]
+    body += [*theory_html(doc.get("theory"), path.parent), "<h2>Figures</h2>"]
     for title, p in figures:
         data = base64.b64encode(p.read_bytes()).decode("ascii")
         body.append(f"<figure><img alt=\"{html.escape(title)}\" src=\"data:image/png;base64,{data}\">"

@@ -66,16 +66,32 @@ def _create(path: Path) -> bool:
     return True
 
 
+class FolderInUse(OutputError):
+    """Another live process (or one on another host) holds the run folder's lock."""
+
+
+def owner_of(run_dir: str | Path) -> dict | None:
+    """{pid, host, started} of the process holding ``run_dir``'s lock, when it is alive (or on another host, where
+    that cannot be checked); None when the folder is free or its lock is stale."""
+    path = RunFolder(run_dir).lock_file
+    owner = _owner(path) if path.is_file() else None
+    if owner is None:
+        return None
+    if owner.get("host") != socket.gethostname() or pid_alive(owner["pid"]):
+        return owner
+    return None
+
+
 def _refuse_live_owner(run_dir: Path, path: Path, owner: dict) -> None:
-    """OutputError naming the owner when the lock belongs to another live process (or another host)."""
+    """FolderInUse naming the owner when the lock belongs to another live process (or another host)."""
     pid, host = owner["pid"], owner.get("host")
     if host != socket.gethostname():
-        raise OutputError(
+        raise FolderInUse(
             f"{run_dir}: the run folder is in use by pid {pid} on host {host} (lock {path}); wait for it, or "
             f"if that run is gone remove {path}"
         )
     if pid_alive(pid) and pid != os.getpid():
-        raise OutputError(
+        raise FolderInUse(
             f"{run_dir}: the run folder is in use by another sr2lora process (pid {pid}, started "
             f"{owner.get('started', '?')}); two runs into one folder would overwrite each other's results. "
             f"Wait for it to end or choose another --out (if pid {pid} is no sr2lora run, remove {path})"
