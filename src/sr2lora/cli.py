@@ -50,7 +50,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         if planned is None:
             print(f"{run_dir}: the run is finished ({RunFolder.RESULTS} exists); nothing to resume")
             return 0
-        results = launch(planned, run_dir, resume=True, progress=not args.quiet)
+        results = launch(planned, run_dir, resume=True, progress=not args.quiet,
+                         allow_other_compute=args.allow_other_compute)
     else:
         if not args.preset:
             raise UserError("run: give --preset NAME (see `sr2lora presets`) or --resume RUN_DIR")
@@ -69,7 +70,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             check_new_run(cfg, run_dir)
             resume = False
         try:
-            results = launch(cfg, run_dir, resume=resume, progress=not args.quiet)
+            results = launch(cfg, run_dir, resume=resume, progress=not args.quiet,
+                             allow_other_compute=args.allow_other_compute)
         except FolderInUse as exc:  # taken between the check and the lock
             if not args.continue_:
                 raise
@@ -344,6 +346,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--continue", dest="continue_", action="store_true",
                    help="with --preset and --out: start the run, resume it if --out holds it unfinished, or do "
                         "nothing if it finished (what a sweep's cell runs; a folder in use exits with 75)")
+    r.add_argument("--allow-other-compute", action="store_true",
+                   help="with --resume or --continue: continue although this machine or train.threads / "
+                        "train.eval_batch_size / train.device would compute otherwise than the checkpoint's tasks did "
+                        "(the numbers then differ from an uninterrupted run; results.json records task_compute)")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
     r.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.epochs=5 method.name=seqlora")
     r.set_defaults(func=cmd_run)

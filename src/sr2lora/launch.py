@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import RUNTIME_KEYS, RunConfig, load_config
-from .core.errors import OutputError
+from .core.errors import CheckpointError, OutputError
 from .core.signals import Interrupted, stop_on_signals
 from .runs.folder import RunFolder, check_out_outside_data
 from .runs.lock import FolderInUse, check_not_in_use, run_folder_lock
@@ -22,16 +22,20 @@ from .train.callbacks import Callback, CSVLog, TensorBoardLog
 
 
 def launch(cfg: RunConfig, out: str | Path, *, resume: bool = False, progress: bool = True,
-           callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
+           callbacks: Sequence[Callback] = (), allow_other_compute: bool = False) -> dict[str, Any]:
     """Run ``cfg`` into ``out`` (``resume``: from its last complete task) and return the results.
 
     Holds the folder's lock and the signal handlers for the whole run; an interrupt raises
-    :class:`~sr2lora.core.signals.Interrupted` carrying the folder (the CLI prints how to resume).
+    :class:`~sr2lora.core.signals.Interrupted` carrying the folder (the CLI prints how to resume). A resume that
+    would compute otherwise than the checkpoint's tasks did is refused unless ``allow_other_compute``
+    (:func:`check_same_compute`).
     """
     from .train.engine import Trainer
 
     folder = RunFolder(out)
     check_out_outside_data(cfg, folder.path)  # before the lock creates the folder
+    if resume:
+        check_same_compute(cfg, folder.path, allow=allow_other_compute)
     try:
         with stop_on_signals(), run_folder_lock(folder.path):
             trainer = Trainer(cfg, folder.path, progress=progress,
@@ -40,6 +44,50 @@ def launch(cfg: RunConfig, out: str | Path, *, resume: bool = False, progress: b
     except Interrupted as exc:
         exc.run_dir = folder.path
         raise
+
+
+# The flag of `sr2lora run` that lets a resume compute otherwise than the checkpoint's tasks did.
+ALLOW_OTHER_COMPUTE = "--allow-other-compute"
+
+
+def check_same_compute(cfg: RunConfig, run_dir: str | Path, *, allow: bool = False) -> None:
+    """Refuse (CheckpointError) to resume ``run_dir`` with ``cfg`` where the rest of the run would compute otherwise
+    than its checkpointed tasks did: on another kind of device, with another thread count, evaluation batch size or
+    training precision. Each of these changes the last bits of the numbers (measured: 1 vs 2 threads, evaluation
+    batches of 7, 128 or 1000 give other weights and class statistics), so the run would not end with the numbers
+    of an uninterrupted one. ``allow`` (``--allow-other-compute``): continue with a warning; results.json records
+    where each task computed (``task_compute``). Checkpoints without that record are not checked."""
+    import json
+    import warnings
+
+    from .core import hardware
+
+    folder = RunFolder(run_dir)
+    try:
+        state = json.loads(folder.state_file.read_text(encoding="utf-8"))
+        before = state["task_compute"][-1]
+    except (OSError, ValueError, KeyError, IndexError, TypeError):
+        return  # no checkpoint, or one from before the record (a damaged one is named by the resume's checks)
+    if not isinstance(before, dict):
+        return
+    t = cfg.train
+    now = hardware.planned_compute(t.device, t.precision, t.threads, t.eval_batch_size)
+    changes = hardware.compute_changes(before, now)
+    if not changes:
+        return
+    if allow:
+        warnings.warn(f"{folder.path}: resuming with {'; '.join(changes)} ({ALLOW_OTHER_COMPUTE}): the rest of the run "
+                      f"computes otherwise than its first tasks; {folder.RESULTS} records where each task computed "
+                      f"(task_compute)", stacklevel=2)
+        return
+    keep = [f"{key}={before[k]}" for k, key in hardware.COMPUTE_OVERRIDES.items() if k in before and before[k] != now[k]]
+    fix = (f"resume with {' '.join(keep)}" if len(keep) == len(changes)
+           else "resume on the kind of machine it started on") + (" to keep the numbers")
+    raise CheckpointError(
+        f"{folder.path}: the checkpoint's tasks computed otherwise than this resume would ({'; '.join(changes)}); "
+        f"the rest of the run would not give the numbers of an uninterrupted run. {fix[:1].upper()}{fix[1:]}, or add "
+        f"{ALLOW_OTHER_COMPUTE} to continue anyway ({folder.RESULTS} then records where each task computed)"
+    )
 
 
 def run_loggers(folder: RunFolder, cfg: RunConfig) -> list[Callback]:

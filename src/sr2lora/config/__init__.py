@@ -15,6 +15,7 @@ from .load import (
     preset_names,
 )
 from .schema import (
+    RESUME_FREE_KEYS,
     RUNTIME_KEYS,
     AnalysisConfig,
     CAConfig,
@@ -30,7 +31,7 @@ from .schema import (
 )
 
 __all__ = [
-    "RUNTIME_KEYS", "AnalysisConfig", "CAConfig", "ClassifierConfig", "ConfigError", "DataConfig", "MethodConfig",
-    "ModelConfig", "RunConfig", "ScenarioConfig", "TrainConfig", "build_config", "dump_config", "experiment_dict",
+    "RESUME_FREE_KEYS", "RUNTIME_KEYS", "AnalysisConfig", "CAConfig", "ClassifierConfig", "ConfigError",
+    "DataConfig", "MethodConfig", "ModelConfig", "RunConfig", "ScenarioConfig", "TrainConfig", "build_config", "dump_config", "experiment_dict",
     "flatten", "load_config", "load_preset_dict", "parse_overrides", "preset_dir", "preset_names", "validate",
 ]

@@ -145,9 +145,14 @@ class RunConfig:
 
 
 
-# Keys that change where or how fast a run computes, not what it computes: a resume may change them, a finished
-# run is reused whatever they are, and the report never groups runs by them.
+# Keys that change where or how fast a run computes, not what it computes: a finished run is reused whatever they
+# are, and the report never groups runs by them. On resume, RESUME_FREE_KEYS may change freely (they change no
+# number: augmentations are seeded per item, not per worker; the dataset's identity is checked whatever the root);
+# train.device, train.threads and train.eval_batch_size change the last bits of the numbers, so a resume must
+# compute as the checkpoint's tasks did (sr2lora.launch.check_same_compute; --allow-other-compute continues
+# anyway, with where each task computed recorded in results.json as task_compute).
 RUNTIME_KEYS = frozenset({"train.device", "train.threads", "data.num_workers", "data.root", "train.eval_batch_size"})
+RESUME_FREE_KEYS = frozenset({"data.num_workers", "data.root"})
 
 
 def experiment_dict(cfg: RunConfig) -> dict[str, Any]:

@@ -74,6 +74,40 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+# torch's intra-op thread count when sr2lora was imported: what ``train.threads=0`` means. Captured once, so a run in
+# this process that set another count does not change what the next run with ``threads=0`` computes with.
+DEFAULT_THREADS = torch.get_num_threads()
+
+
+def run_threads(requested: int) -> int:
+    """The intra-op thread count a run computes with: ``train.threads``, or :data:`DEFAULT_THREADS` for 0."""
+    return requested if requested > 0 else DEFAULT_THREADS
+
+
+def compute_record(caps: Capabilities, precision: str, threads: int, eval_batch_size: int) -> dict[str, object]:
+    """Where and how a task computed: what changes the last bits of a run's numbers although it is no part of the
+    experiment (the device and its kind, the thread count, the evaluation batch's shape, the training precision).
+    Recorded per task; a resume that would compute otherwise is refused unless asked for (sr2lora.launch)."""
+    where = f"cuda ({caps.device_name})" if caps.device_type == "cuda" else f"cpu ({caps.cpu_capability})"
+    return {"device": where, "threads": int(threads), "eval_batch_size": int(eval_batch_size), "precision": precision}
+
+
+def planned_compute(device: str, precision: str, threads: int, eval_batch_size: int) -> dict[str, object]:
+    """:func:`compute_record` of a run with ``train.device``, ``train.precision``, ``train.threads`` and
+    ``train.eval_batch_size`` on this machine, without building anything (no warning is printed)."""
+    caps = probe(resolve_device(device))
+    return compute_record(caps, resolve_precision(precision, caps)[0], run_threads(threads), eval_batch_size)
+
+
+# the override that sets each entry of a compute record back, where one does (the device kind is the machine's)
+COMPUTE_OVERRIDES = {"threads": "train.threads", "eval_batch_size": "train.eval_batch_size"}
+
+
+def compute_changes(before: dict[str, object], now: dict[str, object]) -> list[str]:
+    """What differs between two compute records, one phrase each (``threads 2 -> 1``)."""
+    return [f"{k} {before.get(k)} -> {now.get(k)}" for k in now if k in before and before[k] != now[k]]
+
+
 def onednn_isa_cap() -> str | None:
     """The instruction-set cap oneDNN was given (``ONEDNN_MAX_CPU_ISA`` or its old name ``DNNL_MAX_CPU_ISA``), upper
     case, or None when there is none."""

@@ -3,10 +3,16 @@
 Labels seen by the model are *positions in the class order*: the class ``class_order[i]`` gets label ``i``, so
 task t owns the contiguous label range ``[offsets[t], offsets[t+1])``. Per-task train/test views are torch
 Datasets that apply a transform and return ``(image, label, index)``.
+
+A training view is given a seed: each item's random augmentation is then drawn from a generator seeded with
+(seed, epoch, dataset index) alone, so it does not depend on which process loads the item (the main process or
+any of ``data.num_workers`` workers), on the order items are loaded, or on what else drew random numbers. A
+run therefore computes the same numbers with any worker count, fresh or resumed.
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -84,21 +90,45 @@ def build_scenario(num_classes: int, cfg: ScenarioConfig, seed: int) -> Scenario
     return Scenario(class_order=class_order(num_classes, cfg.order, seed), offsets=offsets)
 
 
-class TaskView(Dataset):
-    """Images of a subset of labels, transformed, returned as (tensor, run label, dataset index)."""
+def item_seed(seed: int, epoch: int, index: int) -> int:
+    """The seed of one item's augmentation in one epoch: a hash of (seed, epoch, dataset index), 63 bits."""
+    digest = hashlib.blake2b(f"{seed}/{epoch}/{index}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
 
-    def __init__(self, images: LabeledImages, labels: np.ndarray, indices: np.ndarray, transform) -> None:
+
+class TaskView(Dataset):
+    """Images of a subset of labels, transformed, returned as (tensor, run label, dataset index).
+
+    With ``seed`` (training views), the transform of item ``index`` in epoch ``epoch`` (:meth:`set_epoch`) draws
+    from torch's CPU generator seeded with :func:`item_seed`, inside a fork of the random state: the caller's
+    random state is left as it was, and the result is the same whichever process loads the item.
+    """
+
+    def __init__(self, images: LabeledImages, labels: np.ndarray, indices: np.ndarray, transform,
+                 seed: int | None = None) -> None:
         self.images = images
         self.labels = labels  # run labels of all items of `images`
         self.indices = np.asarray(indices, dtype=np.int64)
         self.transform = transform
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """The epoch whose augmentations the next pass draws (set before creating the loader's iterator: worker
+        processes copy the view when an epoch starts)."""
+        self.epoch = int(epoch)
 
     def __len__(self) -> int:
         return len(self.indices)
 
     def __getitem__(self, i: int):
         idx = int(self.indices[i])
-        return self.transform(self.images.load(idx)), int(self.labels[idx]), idx
+        image = self.images.load(idx)
+        if self.seed is None:
+            return self.transform(image), int(self.labels[idx]), idx
+        with torch.random.fork_rng(devices=[]):
+            torch.random.default_generator.manual_seed(item_seed(self.seed, self.epoch, idx))
+            return self.transform(image), int(self.labels[idx]), idx
 
     def describe(self, idx: int) -> str:
         return self.images.describe(idx)

@@ -56,6 +56,9 @@ from .preflight import preflight
 from .schedules import lr_at
 from .step import training_step
 
+# The "epoch" whose augmentations the method's hooks see when they go over a task's training data.
+HOOKS_PASS = -1
+
 
 class Trainer:
     """Runs one class-incremental experiment described by a :class:`RunConfig` into ``out_dir``."""
@@ -68,8 +71,8 @@ class Trainer:
         self.out_dir = Path(out_dir) if out_dir else None
         self.folder = RunFolder(out_dir) if out_dir else None
         self.device = hardware.resolve_device(cfg.train.device)
-        if cfg.train.threads > 0:
-            torch.set_num_threads(cfg.train.threads)
+        # train.threads=0: torch's default of this process, also after an earlier run here set another count
+        torch.set_num_threads(hardware.run_threads(cfg.train.threads))
         preflight(cfg)  # cheap checks (scenario, device, data paths) before any work
         # torchrun: join the process group (after every rank's preflight, before rank 0 writes anything)
         self.dist = ddp.init_from_env(self.device)
@@ -81,6 +84,9 @@ class Trainer:
         # bf16 only where the device computes it natively (sr2lora.core.hardware); decided once, recorded in results
         self.capabilities = hardware.probe(self.device)
         self.precision = hardware.choose_precision(cfg.train.precision, self.capabilities)
+        # where this process computes: recorded per task (a resume elsewhere is refused unless asked for)
+        self.compute = hardware.compute_record(self.capabilities, self.precision, torch.get_num_threads(),
+                                               cfg.train.eval_batch_size)
         if self.progress:
             tqdm.write(hardware.summary_line(self.capabilities, self.precision, cfg.train.precision,
                                              torch.get_num_threads()))
@@ -100,6 +106,7 @@ class Trainer:
         self.start_task = 0
         self.csv_rows: list[dict] = []  # metrics.csv's rows so far (restored on resume)
         self.task_precision: list[str] = []  # per task: a resumed run may have computed elsewhere
+        self.task_compute: list[dict[str, Any]] = []  # per task: device, threads, eval batch size, precision
         # what the reported accuracies were computed in: float32, unless a checkpoint from before that policy
         # evaluated its tasks in bf16 (then "mixed")
         self.eval_precision = hardware.EVAL_PRECISION
@@ -119,8 +126,11 @@ class Trainer:
         cfg, tc, model, method = self.cfg, self.cfg.train, self.model, self.method
         lo, hi = self.scenario.offsets[t], self.scenario.offsets[t + 1]
         idx = task_indices(self.data.train_labels, self.data.train_index, lo, hi)
-        view = TaskView(self.data.bundle.train, self.data.train_labels, idx, self.train_tf)
         seed, workers, pin = task_seed(cfg.seed, t, 1), cfg.data.num_workers, self.device.type == "cuda"
+        # each item's augmentation is seeded from (task seed, epoch, item): the same numbers with any worker count
+        view = TaskView(self.data.bundle.train, self.data.train_labels, idx, self.train_tf,
+                        seed=task_seed(cfg.seed, t, 5))
+        view.set_epoch(HOOKS_PASS)
         loader, sampler = train_loader(view, tc.batch_size, seed, self.dist, workers, pin)
         # hooks see the whole task: on one process the training loader itself, with several beside a rank's share
         whole = loader if sampler is None else seeded_loader(view, tc.batch_size, True, seed, workers, pin)
@@ -129,11 +139,12 @@ class Trainer:
         params = self._set_trainable(method.trainable_parameters(ctx))
         opt = build_optimizer(params, tc)
         grad_sync = (lambda: ddp.all_reduce_grads(params, self.dist)) if self.dist.enabled else None
-        if self.dist.enabled:  # independent augmentations on each rank
+        if self.dist.enabled:  # independent random draws on each rank (augmentations are per item already)
             torch.manual_seed(task_seed(cfg.seed, t, 3) + self.dist.rank)
         model.train()
         step, total_steps = 0, tc.epochs * len(loader)
         for epoch in range(tc.epochs if method.trains_task(t) else 0):  # training-free tasks: no epoch
+            view.set_epoch(epoch)
             row = self.train_epoch(ctx, loader, opt, epoch, step, total_steps, sampler=sampler, grad_sync=grad_sync)
             step = row["steps"]
             self.csv_rows.append(row)
@@ -144,6 +155,7 @@ class Trainer:
         if self.dist.enabled:  # identical already (same start, averaged gradients); make it bit-exact
             ddp.broadcast_(params, self.dist)
             torch.manual_seed(task_seed(cfg.seed, t, 4))  # the same random state on every rank for the hook
+        view.set_epoch(HOOKS_PASS)
         model.eval()
         model.fold()
         method.after_task(ctx)
@@ -270,6 +282,7 @@ class Trainer:
             "offsets": self.scenario.offsets,
             "config_sha256": getattr(self, "_config_sha256", None),
             "task_precision": self.task_precision,
+            "task_compute": self.task_compute,
             "eval_precision": self.eval_precision,
             "dataset": self._dataset_identity(),
         }
@@ -330,6 +343,7 @@ class Trainer:
         self.task_seconds = state["task_seconds"]
         self.csv_rows = state.get("csv_rows", [])
         self.task_precision = list(state.get("task_precision", []))
+        self.task_compute = list(state.get("task_compute", []))
         # checkpoints written before evaluation was float32 evaluated in the training precision
         before = state.get("eval_precision", "mixed" if "bf16" in self.task_precision else hardware.EVAL_PRECISION)
         if before != hardware.EVAL_PRECISION:
@@ -391,6 +405,7 @@ class Trainer:
             self.evaluate(t)
             self.task_seconds.append(time.perf_counter() - t0)
             self.task_precision.append(self.precision)
+            self.task_compute.append(dict(self.compute))
             if self.progress:
                 row = ", ".join(f"{v:.1f}" for v in self.tracker.matrix[-1][: t + 1])
                 tqdm.write(f"task {t + 1}/{sc.num_tasks}: accuracy on seen classes {self.tracker.curve[-1]:.2f}% "
@@ -435,5 +450,6 @@ class Trainer:
             **hardware.describe(self.capabilities, self._run_precision(), self.cfg.train.precision,
                                 torch.get_num_threads(), self.eval_precision),
             "task_precision": self.task_precision,
+            "task_compute": self.task_compute,
             "versions": {"sr2lora": __version__, "torch": torch.__version__, "python": platform.python_version()},
         }
