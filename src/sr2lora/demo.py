@@ -71,7 +71,7 @@ def run_demo(
         method_overrides = [*(overrides or []), f"method.name={method}"]
         cfg = load_config(preset, method_overrides)
         run_dir = out / method
-        if fresh and run_dir.exists():
+        if fresh and RunFolder(run_dir).is_run():  # only a run folder is removed, never someone else's files
             shutil.rmtree(run_dir)
         state = folder_state(run_dir, cfg, hint="add --fresh to rerun every method, or choose another --out")
         cell = Cell(method, preset, method_overrides, run_dir, cfg, {"method.name": method})

@@ -157,10 +157,15 @@ def resume_config(run_dir: str | Path, overrides: Sequence[str] = ()) -> RunConf
     try:
         state = folder_state(run_dir, planned)
     except ExperimentMismatch as exc:
-        raise OutputError(
-            f"--resume: overrides would change the experiment ({', '.join(exc.changed)}); only "
-            f"{', '.join(sorted(RUNTIME_KEYS))} may change. Start a new run instead."
-        ) from exc
+        if exc.changed == ["data.skip_bad"] and planned.data.skip_bad:
+            # the way forward after a damaged file: skip it on resume; the engine refuses it when a task the
+            # checkpoint trained held the file (the dataset's per-task identity), and results.json lists it
+            state = "done" if folder.is_finished() else "resumable"
+        else:
+            raise OutputError(
+                f"--resume: overrides would change the experiment ({', '.join(exc.changed)}); only "
+                f"{', '.join(sorted(RUNTIME_KEYS))} (and data.skip_bad=true) may change. Start a new run instead."
+            ) from exc
     if state == "done":
         return None
     check_resumable(run_dir)

@@ -536,5 +536,5 @@ def test_check_readable_finds_bad_files(tmp_path):
     images = FileImages([tmp_path / "good.jpg", tmp_path / "bad.jpg", tmp_path / "good.png"], [0, 0, 1])
     before = tree_digest(tmp_path)
     assert folders.check_readable(images) == [str(tmp_path / "bad.jpg")]
-    assert folders.check_readable(images, decode=True) == [str(tmp_path / "bad.jpg")]
+    assert folders.check_readable(images, workers=1) == [str(tmp_path / "bad.jpg")]
     assert tree_digest(tmp_path) == before

@@ -83,7 +83,7 @@ def restore_run(run_dir: str | Path, device: str | None = None) -> tuple[Analysi
     # the measures need the run's images: the dataset, built from the config
     data = prepare_data(cfg, single_task=method_class(run).single_task)
     check_same_dataset(run_dir, run.state.get("dataset"), dataset_identity(cfg.data.dataset, data.bundle,
-                                                                           cfg.data.root))
+                                                                           cfg.data.root, data), trained=run.task)
     check_scenario(run_dir, run.state, data.scenario.class_order, data.scenario.offsets)
     model = load_model(run, device=dev)
     if cfg.train.compile:

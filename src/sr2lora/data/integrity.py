@@ -1,8 +1,8 @@
 """Unreadable image files: found before training, then reported (default) or skipped (``data.skip_bad``).
 
-Every file of a :class:`~sr2lora.data.base.FileImages` split is opened and verified by PIL
-(:func:`sr2lora.data.folders.check_readable`, header and structure; PNG checksums included) before the model
-is built. By default any bad file stops the run with a :class:`DataError` listing up to 10 paths and the
+Every file of a :class:`~sr2lora.data.base.FileImages` split is opened, verified and decoded by PIL
+(:func:`sr2lora.data.folders.check_readable`: structure, PNG checksums, and the compressed data, so a truncated
+JPEG is found here and not when its task loads it) before the model is built. By default any bad file stops the run with a :class:`DataError` listing up to 10 paths and the
 count; with ``data.skip_bad=true`` they are dropped (with a warning) and listed in ``results.json`` as
 ``skipped_files``. In-memory datasets (``ArrayImages``) have nothing to check.
 """
@@ -49,7 +49,9 @@ def drop_unreadable(bundle: DatasetBundle, skip_bad: bool) -> tuple[DatasetBundl
         shown = [f"{p} ({reasons[p]})" if p in reasons else p for p in found]
         raise DataError(
             f"{len(found)} image file(s) cannot be read (corrupt or not images):{_listing(shown)}\n"
-            "Fix or remove them, or set data.skip_bad=true to skip them (they are then listed in the run's results as skipped_files)."
+            "Fix or remove them, or set data.skip_bad=true to skip them (they are then listed in the run's results "
+            "as skipped_files). A run interrupted on this data resumes after the same fix, or with data.skip_bad=true "
+            "added to `sr2lora run --resume`, as long as the files belong to tasks it has not trained yet."
         )
     train = _keep(bundle.train, set(bad["train"])) if bad["train"] else bundle.train
     test = _keep(bundle.test, set(bad["test"])) if bad["test"] else bundle.test

@@ -33,6 +33,9 @@ from ..config import RunConfig
 from ..core.errors import CheckpointError, OutputError
 
 
+PROBE_PREFIX = ".sr2lora-write-probe-"  # check_output_writable's probe file, removed at once
+
+
 class RunFolder:
     """A run folder's paths (nothing is read or created when one is made)."""
 
@@ -113,6 +116,17 @@ class RunFolder:
         """Whether a run was started here (its config.yaml exists)."""
         return self.config_file.is_file()
 
+    def foreign_entries(self) -> list[str]:
+        """Names in a folder that holds no run (no config.yaml) which sr2lora did not put there: anything but its lock
+        and write probe. A run started there would overwrite or delete them (``checkpoint/``, ``metrics.csv``)."""
+        if not self.path.is_dir() or self.is_run():
+            return []
+        try:
+            names = sorted(e.name for e in os.scandir(self.path))
+        except OSError:
+            return []
+        return [n for n in names if n != self.LOCK and not n.startswith(PROBE_PREFIX)]
+
     def is_finished(self) -> bool:
         """Whether the run finished (its results.json exists)."""
         return self.results_file.is_file()
@@ -156,7 +170,7 @@ def discover_runs(paths: Iterable[str | Path]) -> list[Path]:
 def check_output_writable(out_dir: str | Path) -> None:
     """Create ``out_dir`` (with parents) and write, fsync and remove a probe file; OutputError if any fails."""
     out = Path(out_dir)
-    probe = out / f".sr2lora-write-probe-{os.getpid()}"
+    probe = out / f"{PROBE_PREFIX}{os.getpid()}"
     try:
         out.mkdir(parents=True, exist_ok=True)
         with open(probe, "wb") as fh:

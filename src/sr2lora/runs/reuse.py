@@ -2,7 +2,8 @@
 
 A folder planned for a run is, by :func:`folder_state`:
 
-- ``fresh``: it holds no run (no ``config.yaml``, no ``results.json``; it may not exist yet);
+- ``fresh``: it holds no run (no ``config.yaml``, no ``results.json``; it may not exist yet) and nothing else
+  sr2lora did not write: a folder holding someone else's files is refused, never written into;
 - ``done``: it holds a finished run (``results.json``) of the same experiment;
 - ``resumable``: it holds an unfinished run of the same experiment; it continues from its last checkpoint
   (from the start when it stopped before its first task was checkpointed).
@@ -68,6 +69,13 @@ def folder_state(run_dir: str | Path, planned: RunConfig, hint: str = "choose an
             raise OutputError(
                 f"{run_dir}: holds a {folder.RESULTS} but no {folder.CONFIG}, so which experiment it is cannot be told; "
                 f"nothing was changed. {hint[:1].upper()}{hint[1:]}"
+            )
+        foreign = folder.foreign_entries()
+        if foreign:  # someone else's files: a run there would overwrite or delete them
+            shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+            raise OutputError(
+                f"{run_dir}: holds files sr2lora did not write ({shown}) and no run ({folder.CONFIG}); a run there "
+                f"would overwrite or delete them. Nothing was changed; choose a new or empty folder"
             )
         return "fresh"
     saved = saved_config(run_dir)

@@ -292,7 +292,8 @@ class Trainer:
         if getattr(self, "_identity", None) is None:
             from ..data.identity import dataset_identity
 
-            self._identity = dataset_identity(self.cfg.data.dataset, self.data.bundle, self.cfg.data.root)
+            self._identity = dataset_identity(self.cfg.data.dataset, self.data.bundle, self.cfg.data.root,
+                                              self.data)
         return self._identity
 
     def save(self, t: int) -> None:
@@ -330,7 +331,8 @@ class Trainer:
         check_config_unchanged(self.out_dir, state)
         from ..data.identity import check_same_dataset
 
-        check_same_dataset(self.out_dir, state.get("dataset"), self._dataset_identity())
+        # files of tasks not trained yet may have changed (a damaged one replaced or skipped); trained ones not
+        check_same_dataset(self.out_dir, state.get("dataset"), self._dataset_identity(), trained=int(state["task"]))
         check_scenario(self.out_dir, state, self.scenario.class_order, self.scenario.offsets)
         t = int(state["task"])
         sizes = [self.scenario.task_size(s) for s in range(t + 1)]
