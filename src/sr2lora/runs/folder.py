@@ -32,7 +32,6 @@ from typing import Any
 from ..config import RunConfig
 from ..core.errors import CheckpointError, OutputError
 
-
 PROBE_PREFIX = ".sr2lora-write-probe-"  # check_output_writable's probe file, removed at once
 
 
