@@ -19,7 +19,9 @@ import yaml
 from PIL import Image
 
 from conftest import FAST, read_results, run_cli
+from sr2lora.core.signals import Interrupted, request_stop
 from sr2lora.runs.folder import RunFolder
+from sr2lora.train.callbacks import Callback
 
 CKPT_DIR = RunFolder.CHECKPOINT
 LOCK_NAME = RunFolder.LOCK
@@ -434,3 +436,174 @@ def test_sweep_and_demo_refuse_a_folder_in_use(tmp_path, capsys, command):
     err = fails(capsys, *command, "--out", out)
     assert f"in use by another sr2lora process (pid {os.getppid()}" in err
     assert sorted(p.name for p in out.iterdir()) == [LOCK_NAME]
+
+
+# ------------------------------------------------------------------------------------- issue 28: faults a user meets
+ACC_KEYS = ["accuracy_matrix", "acc_curve", "final_acc", "avg_acc", "forgetting", "bwt", "plasticity",
+            "class_order", "task_test_counts"]
+
+
+class StopAfterTask(Callback):
+    """Asks for a stop once task ``task`` is checkpointed, as SIGTERM does: the run ends Interrupted there."""
+
+    def __init__(self, task: int) -> None:
+        self.task = task
+
+    def on_task(self, trainer, t: int) -> None:
+        if t == self.task:
+            request_stop(signal.SIGTERM)
+
+
+def stopped_run(out: Path, *overrides: str, after: int = 1) -> Path:
+    """A smoke-preset run (FAST, fp32, ``overrides``) stopped cleanly after task ``after`` (0-based): resumable."""
+    from sr2lora.config import load_config
+    from sr2lora.launch import launch
+
+    with pytest.raises(Interrupted):
+        launch(load_config("smoke", [*FAST, *overrides, "train.precision=fp32"]), out, progress=False,
+               callbacks=[StopAfterTask(after)])
+    assert not (out / "results.json").exists()
+    return out
+
+
+@pytest.fixture(scope="module")
+def stopped_smoke(tmp_path_factory) -> Path:
+    """The shared smoke run (FAST, fp32) stopped after task 2 of 5; read-only (copy it to resume it)."""
+    return stopped_run(tmp_path_factory.mktemp("stopped") / "run")
+
+
+def same_numbers(run: Path, reference: Path) -> None:
+    """Accuracies, metrics.csv and the final weights and class statistics equal to the reference's, bit for bit."""
+    r, ref = read_results(run), read_results(reference)
+    for key in ACC_KEYS:
+        assert r[key] == ref[key], key
+    assert (run / "metrics.csv").read_text() == (reference / "metrics.csv").read_text()
+    for name in ("model.safetensors", "stats.safetensors"):
+        assert (run / CKPT_DIR / name).read_bytes() == (reference / CKPT_DIR / name).read_bytes(), name
+
+
+def test_worker_count_changes_no_number(tmp_path, smoke_run, capsys):
+    """Case 1: augmentations used to be drawn per worker process, so data.num_workers=2 trained on other images."""
+    reference, _ = smoke_run()
+    out = tmp_path / "run"
+    assert run_cli(*RUN, "--out", out, *FAST, "train.precision=fp32", "data.num_workers=2") == 0
+    same_numbers(out, reference)
+
+
+def resume_values(tmp_path: Path) -> dict[str, str]:
+    """A value for every key allowed to change on resume, as the resume gives it on the command line."""
+    from sr2lora.core.hardware import DEFAULT_THREADS, resolve_device
+
+    return {"data.num_workers": "2", "data.root": str(tmp_path),  # number-neutral: may take any value
+            # may be spelled differently, but only to compute as the checkpoint's tasks did (see the next test)
+            "train.device": resolve_device("auto").type, "train.threads": str(DEFAULT_THREADS),
+            "train.eval_batch_size": "128"}
+
+
+def test_every_runtime_key_has_a_resume_case(tmp_path):
+    from sr2lora.config import RUNTIME_KEYS
+
+    assert set(resume_values(tmp_path)) == set(RUNTIME_KEYS)
+
+
+@pytest.mark.parametrize("key", sorted(["data.num_workers", "data.root", "train.device", "train.threads",
+                                        "train.eval_batch_size"]))
+def test_resume_with_a_runtime_key_gives_the_uninterrupted_numbers(tmp_path, smoke_run, stopped_smoke, key):
+    """Acceptance 2 of issue 28: no key allowed to change on resume may change a number."""
+    reference, _ = smoke_run()
+    run = tmp_path / "run"
+    shutil.copytree(stopped_smoke, run)
+    assert run_cli("run", "--resume", run, "--quiet", f"{key}={resume_values(tmp_path)[key]}") == 0
+    same_numbers(run, reference)
+
+
+def test_resume_that_would_compute_otherwise_is_refused_unless_asked(tmp_path, stopped_smoke, capsys):
+    """train.threads and train.eval_batch_size change the last bits (measured); a resume keeps them or says so."""
+    from sr2lora.core.hardware import DEFAULT_THREADS
+
+    run = tmp_path / "run"
+    shutil.copytree(stopped_smoke, run)
+    state = (run / CKPT_DIR / "state.json").read_bytes()
+    other = 1 if DEFAULT_THREADS != 1 else 2
+    args = ("run", "--resume", run, "--quiet", f"train.threads={other}", "train.eval_batch_size=7")
+    err = fails(capsys, *args)
+    assert f"(threads {DEFAULT_THREADS} -> {other}; eval_batch_size 128 -> 7)" in err
+    assert f"Resume with train.threads={DEFAULT_THREADS} train.eval_batch_size=128 to keep the numbers" in err
+    assert "--allow-other-compute" in err
+    assert (run / CKPT_DIR / "state.json").read_bytes() == state and not (run / "results.json").exists()
+    with pytest.warns(UserWarning, match="resuming with threads"):
+        assert run_cli(*args, "--allow-other-compute") == 0
+    compute = read_results(run)["task_compute"]
+    assert [c["threads"] for c in compute] == [DEFAULT_THREADS] * 2 + [other] * 3
+    assert [c["eval_batch_size"] for c in compute] == [128] * 2 + [7] * 3
+
+
+def test_out_holding_someone_elses_files_is_refused(tmp_path, capsys):
+    """Case 2: a checkpoint/ folder and metrics.csv of the user's used to be deleted and overwritten (exit 0)."""
+    out = tmp_path / "mine"
+    (out / CKPT_DIR).mkdir(parents=True)
+    (out / CKPT_DIR / "notes.txt").write_text("my notes")
+    (out / "metrics.csv").write_text("my numbers")
+    for extra in ((), ("--continue",)):
+        err = fails(capsys, *RUN, "--out", out, *FAST, *extra)
+        assert f"{out}: holds files sr2lora did not write (checkpoint, metrics.csv) and no run (config.yaml)" in err
+        assert "choose a new or empty folder" in err
+    assert sorted(p.name for p in out.rglob("*")) == ["checkpoint", "metrics.csv", "notes.txt"]
+    assert (out / "metrics.csv").read_text() == "my numbers"
+
+
+def jpeg_folder(root: Path) -> Path:
+    """root/<class>/*.jpg: four classes of six 32 px JPEGs."""
+    rng = np.random.default_rng(0)
+    for k, name in enumerate("abcd"):
+        (root / name).mkdir(parents=True)
+        for i in range(6):
+            pixels = np.clip(np.array([60 * k, 255 - 60 * k, 90 * k]) + rng.normal(0, 20, (32, 32, 3)), 0, 255)
+            Image.fromarray(pixels.astype(np.uint8)).save(root / name / f"img{i:02d}.jpg", quality=90)
+    return root
+
+
+def truncate(path: Path) -> bytes:
+    """Cut ``path`` to half its bytes (a download that stopped); returns the whole file."""
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    return data
+
+
+def test_truncated_jpeg_is_found_before_training_and_skipped_with_skip_bad(tmp_path, capsys):
+    """Case 3: PIL's verify() passes a truncated JPEG; the run used to fail at the task holding it."""
+    root = jpeg_folder(tmp_path / "images")
+    bad = root / "d" / "img03.jpg"
+    truncate(bad)
+    out = tmp_path / "run"
+    err = fails(capsys, *RUN, "--out", out, *folder_args(root), "scenario.order=natural")
+    assert f"{bad} (truncated: the file ends before the image does)" in err and "data.skip_bad=true" in err
+    assert not out.exists(), "nothing was trained or written"
+    with pytest.warns(UserWarning, match="skipped 1 unreadable image file"):
+        assert run_cli(*RUN, "--out", out, *folder_args(root), "scenario.order=natural", "data.skip_bad=true") == 0
+    assert read_results(out)["skipped_files"] == [str(bad)]
+
+
+def test_a_file_damaged_after_the_start_has_a_way_forward(tmp_path, capsys):
+    """Case 3: after a damaged file, resume was refused ("another dataset") and skip_bad could not be added."""
+    root = jpeg_folder(tmp_path / "images")
+    args = (*folder_args(root), "scenario.order=natural")
+    stopped = stopped_run(tmp_path / "stopped", *args, after=0)  # task 1 (classes a, b) trained
+    reference = tmp_path / "reference"
+    assert run_cli(*RUN, "--out", reference, *args, "train.precision=fp32") == 0
+    bad = root / "d" / "img03.jpg"
+    whole = truncate(bad)  # a file of task 2, not trained yet
+    runs = {name: shutil.copytree(stopped, tmp_path / name) for name in ("plain", "skip", "fixed", "trained")}
+    err = fails(capsys, "run", "--resume", runs["plain"], "--quiet")
+    assert str(bad) in err and "data.skip_bad=true added to `sr2lora run --resume`" in err
+    with pytest.warns(UserWarning, match="skipped 1 unreadable"):
+        assert run_cli("run", "--resume", runs["skip"], "--quiet", "data.skip_bad=true") == 0
+    assert "note: task(s) 2 have other files than when the run started" in capsys.readouterr().err
+    assert read_results(runs["skip"])["skipped_files"] == [str(bad)]
+    bad.write_bytes(whole)  # the file fixed: the run ends as an uninterrupted one
+    assert run_cli("run", "--resume", runs["fixed"], "--quiet") == 0
+    assert read_results(runs["fixed"])["accuracy_matrix"] == read_results(reference)["accuracy_matrix"]
+    (root / "a" / "img05.jpg").unlink()  # a file of task 1, which the checkpoint trained on: refused
+    err = fails(capsys, "run", "--resume", runs["trained"], "--quiet")
+    assert "other files for task(s) 1, which it has trained already" in err
+    assert not (runs["trained"] / "results.json").exists()

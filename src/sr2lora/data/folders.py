@@ -273,7 +273,7 @@ def _decode_problem(path: str) -> tuple[bool, str | None]:
         return True, str(exc).removeprefix(f"{path}: ")
     except Exception as exc:  # PIL raises many types for corrupt files
         text = str(exc)
-        return True, ("truncated: the file ends before the image does" if "truncated" in text else None)
+        return True, ("truncated: the file ends before the image does" if "truncated" in text.lower() else None)
     return False, None
 
 
