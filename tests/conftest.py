@@ -11,6 +11,7 @@ import signal  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
+from contextlib import contextmanager  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
@@ -74,3 +75,31 @@ def smoke_run(tmp_path_factory):
         return cache[key]
 
     return get
+
+
+@contextmanager
+def small_tmpfs(path: Path, size: str = "1m"):
+    """A real tmpfs of ``size`` mounted at ``path`` for the block (a full disk that is not faked); the test is
+    skipped, saying why, where mounting is impossible (not root, no mount permission). Unmounted however the
+    block ends."""
+    if not hasattr(os, "geteuid") or os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs (a real full disk) needs root")
+    path.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True,
+                          text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs at {path}: {done.stderr.strip() or done.returncode}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", str(path)], check=False)
+
+
+def fill(disk: Path, free_bytes: int) -> Path:
+    """Fill ``disk`` with one file so that about ``free_bytes`` stay free; returns the filler (delete it to free)."""
+    filler = disk / "filler"
+    st = os.statvfs(disk)
+    size = st.f_bavail * st.f_frsize - free_bytes
+    with open(filler, "wb") as fh:
+        fh.write(b"\0" * max(size, 0))
+    return filler

@@ -482,7 +482,7 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # e.g. `sr2lora presets | head`
         return 0
     except OSError as exc:  # disk full, no permission, read-only: a message, not a traceback
-        from .runs.checkpoint import WRITE_ERRNOS
+        from .core.atomic import WRITE_ERRNOS
 
         if exc.errno not in WRITE_ERRNOS:
             raise

@@ -18,7 +18,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from conftest import FAST, read_results, run_cli
+from conftest import FAST, fill, read_results, run_cli, small_tmpfs
 from sr2lora.core.signals import Interrupted, request_stop
 from sr2lora.runs.folder import RunFolder
 from sr2lora.train.callbacks import Callback
@@ -607,3 +607,31 @@ def test_a_file_damaged_after_the_start_has_a_way_forward(tmp_path, capsys):
     err = fails(capsys, "run", "--resume", runs["trained"], "--quiet")
     assert "other files for task(s) 1, which it has trained already" in err
     assert not (runs["trained"] / "results.json").exists()
+
+
+@pytest.mark.parametrize("free_kb, kept", [(40, "no checkpoint yet"), (400, "the previous checkpoint is intact")])
+def test_full_disk_during_a_checkpoint_on_a_real_tmpfs(tmp_path, smoke_run, capsys, free_kb, kept):
+    """Case 4: safetensors' own SafetensorError (os error 28) used to end the run with a traceback."""
+    reference, _ = smoke_run()
+    with small_tmpfs(tmp_path / "disk") as disk:
+        filler = fill(disk, free_kb * 1024)
+        out = disk / "run"
+        err = fails(capsys, *RUN, "--out", out, *FAST, "train.precision=fp32")
+        assert f"cannot write the checkpoint into {out}: No space left on device" in err and kept in err
+        assert f"continue with `sr2lora run --resume {out}`" in err
+        assert not list(out.glob(f"{CKPT_DIR}.*")) and not (out / "results.json").exists()
+        filler.unlink()  # room again: the run continues from its last checkpoint, with the uninterrupted numbers
+        assert run_cli("run", "--resume", out, "--quiet") == 0
+        same_numbers(out, reference)
+
+
+def test_full_disk_during_export_keeps_the_old_files(tmp_path, finished_run, capsys):
+    """Case 4: export on a full disk used to end with a SafetensorError traceback."""
+    with small_tmpfs(tmp_path / "disk", size="2m") as disk:
+        out = disk / "model.safetensors"
+        assert run_cli("export", "--run", finished_run, "--out", out) == 0
+        before = {p.name: p.read_bytes() for p in disk.iterdir()}
+        fill(disk, 64 * 1024)
+        err = fails(capsys, "export", "--run", finished_run, "--out", out, "--force")
+        assert "export: cannot write" in err and "No space left on device; the existing files are unchanged" in err
+        assert {p.name: p.read_bytes() for p in disk.iterdir() if p.name != "filler"} == before

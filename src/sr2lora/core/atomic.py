@@ -11,21 +11,29 @@ ordinary ``open(path, "w")`` would give (``tempfile.mkstemp`` would make it priv
 - :func:`atomic_write_bytes`, :func:`atomic_write_text`, :func:`atomic_write_json` for data in memory;
 - :func:`atomic_open` for writers that want a file object (``csv``, ``json.dump``);
 - :func:`atomic_path` for writers that want a path (``safetensors.torch.save_file``, ``numpy.save``,
-  ``onnx.save``, ``savefig``).
+  ``onnx.save``, ``savefig``);
+- :func:`atomic_paths` for several files that must change together (all old or all new).
 
 Replacing a whole folder (the checkpoint) is a different protocol; see :mod:`sr2lora.runs.checkpoint`.
+:func:`save_safetensors` writes a safetensors file whose I/O failures (a full disk) are ``OSError`` with the
+errno and the path, as every other write's are: safetensors raises its own ``SafetensorError`` instead.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
+import re
 import secrets
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
+
+# Errors of a write that fails for lack of room or rights: reported as a message naming the file, not a traceback.
+WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.EFBIG})
 
 
 def _new_temp(path: Path) -> tuple[int, Path]:
@@ -123,3 +131,66 @@ def atomic_write_json(path: str | Path, data: Any, *, indent: int | None = 2, fs
     Non-finite floats are written as null (:func:`json_safe`), so the file is always valid JSON. The text is
     built before the temporary file is created, so data that cannot be written leaves nothing."""
     atomic_write_text(path, json.dumps(json_safe(data), indent=indent, allow_nan=False), fsync=fsync)
+
+
+_OS_ERROR = re.compile(r"os error (\d+)")
+
+
+def save_safetensors(tensors: dict[str, Any], path: str | Path, metadata: dict[str, str] | None = None) -> None:
+    """``safetensors.torch.save_file(tensors, path)``, with an I/O failure raised as ``OSError(errno, strerror,
+    path)`` (safetensors raises ``SafetensorError("... No space left on device (os error 28)")``, which no caller
+    can tell from a bad tensor). Combine with :func:`atomic_path` for an atomic write."""
+    from safetensors.torch import save_file
+
+    try:
+        save_file(tensors, str(path), metadata=metadata)
+    except Exception as exc:  # safetensors' error type is not importable under a stable name
+        found = _OS_ERROR.search(str(exc))
+        if found is None:
+            raise
+        code = int(found.group(1))
+        raise OSError(code, os.strerror(code), str(path)) from exc
+
+
+@contextmanager
+def _signals_held() -> Iterator[None]:
+    """SIGINT and SIGTERM held back (delivered when the block ends) where the platform allows it."""
+    import signal
+
+    held = {signal.SIGINT, signal.SIGTERM}
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+@contextmanager
+def atomic_paths(paths: Sequence[str | Path], *, fsync: bool = True) -> Iterator[list[Path]]:
+    """:func:`atomic_path` for files that belong together (exported weights and their sidecar, a report's files).
+
+    Yields one temporary path per target for the writer to fill. Only when the block succeeds are they renamed onto
+    their targets, one right after another with SIGINT/SIGTERM held back, so an interrupt never leaves new files
+    beside old ones; when the block raises (a full disk), every temporary file is removed and every target keeps
+    its old content."""
+    targets = [Path(p) for p in paths]
+    temps: list[Path] = []
+    try:
+        for target in targets:
+            fd, tmp = _new_temp(target)
+            os.close(fd)
+            temps.append(tmp)
+        yield list(temps)
+        if fsync:
+            for tmp in temps:
+                _fsync_file(tmp)
+        with _signals_held():
+            for tmp, target in zip(temps, targets):
+                os.replace(tmp, target)
+    except BaseException:
+        for tmp in temps:
+            tmp.unlink(missing_ok=True)
+        raise

@@ -12,14 +12,15 @@ evaluated in bf16 and can differ from it by a few images.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..config import RunConfig
-from ..core.atomic import atomic_path, atomic_write_json
-from ..core.errors import CheckpointError
+from ..core.atomic import WRITE_ERRNOS, atomic_paths, json_safe, save_safetensors
+from ..core.errors import CheckpointError, OutputError
 from ..models.state import plain_backbone_state
 from .load import LoadedRun, load_run
 
@@ -106,16 +107,28 @@ def export_run(run_dir: str | Path, out_file: str | Path, task: int | None = Non
     """Write the run as one plain timm model (``out_file``, safetensors) plus ``<out>.json`` describing it.
 
     The JSON sidecar holds what is needed without sr2lora: timm name and kwargs, how to load the file, input
-    size, the test transform, class names, and the run's accuracies. Returns the path of the weights file.
-    Existing files are replaced only with ``force`` (``--force``); otherwise nothing is written.
+    size, the test transform, class names, the run's accuracies and the weights' sha256. Returns the path of the
+    weights file. Existing files are replaced only with ``force`` (``--force``); otherwise nothing is written. The
+    files are written together (:func:`sr2lora.core.atomic.atomic_paths`): an interrupt or a full disk leaves the
+    old ones (or none), never new weights beside an old sidecar.
     """
-    from safetensors.torch import save_file
-
     from .. import __version__
+    from ..core.cache import file_sha256
 
     out = Path(out_file)
     if out.suffix != ".safetensors":
         raise CheckpointError(f"--out {out}: the exported file must end in .safetensors")
+    sidecar_file, ridge_file = out.with_suffix(".json"), out.with_suffix(".ridge.safetensors")
+    folders = [p for p in (out, sidecar_file, ridge_file) if p.is_dir()]
+    if folders:
+        raise OutputError(f"--out {out}: {folders[0]} is a folder, not a file; give a file name ending in "
+                          f".safetensors (nothing was written)")
+    existing = [p for p in (out, sidecar_file, ridge_file) if p.exists()]
+    if existing and not force:
+        raise CheckpointError(
+            f"--out {out}: {', '.join(str(p) for p in existing)} already exist(s); nothing was written. Choose "
+            f"another --out or add --force to replace them"
+        )
     run = load_run(run_dir, task=task)
     cfg, results = run.config, run.results
     tag, kwargs = timm_architecture(cfg)
@@ -124,20 +137,8 @@ def export_run(run_dir: str | Path, out_file: str | Path, task: int | None = Non
     head_out = int(state["head.weight"].shape[0])  # = num_classes, except the ridge head's random features
     _check_timm_keys(tag, kwargs, head_out, state)
     _, _, after, how = export_head(run)
-    existing = [p for p in (out, out.with_suffix(".json"), out.with_suffix(".ridge.safetensors")) if p.exists()]
-    if existing and not force:
-        raise CheckpointError(
-            f"--out {out}: {', '.join(str(p) for p in existing)} already exist(s); nothing was written. Choose "
-            f"another --out or add --force to replace them"
-        )
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out) as tmp:
-        save_file(state, str(tmp), metadata={"format": "pt", "producer": f"sr2lora {__version__}"})
     if after:  # what the classifier applies after the timm model's output (the ridge weights)
-        how["file"] = out.with_suffix(".ridge.safetensors").name
-        with atomic_path(out.with_suffix(".ridge.safetensors")) as tmp:
-            save_file(after, str(tmp))
+        how["file"] = ridge_file.name
 
     import timm
 
@@ -145,6 +146,7 @@ def export_run(run_dir: str | Path, out_file: str | Path, task: int | None = Non
     sidecar = {
         "format": EXPORT_FORMAT,
         "weights": out.name,
+        "weights_sha256": None,  # filled in once the weights are written
         "timm_model": tag,
         "timm_kwargs": kwargs,
         "num_classes": num_classes,
@@ -174,5 +176,21 @@ def export_run(run_dir: str | Path, out_file: str | Path, task: int | None = Non
         },
         "versions": {"sr2lora": __version__, "torch": torch.__version__, "timm": timm.__version__},
     }
-    atomic_write_json(out.with_suffix(".json"), sidecar)
+    targets = [out, sidecar_file, *([ridge_file] if after else [])]
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_paths(targets) as temps:
+            save_safetensors(state, temps[0], metadata={"format": "pt", "producer": f"sr2lora {__version__}"})
+            if after:
+                save_safetensors(after, temps[2])
+            sidecar["weights_sha256"] = file_sha256(temps[0])
+            temps[1].write_text(json.dumps(json_safe(sidecar), indent=2, allow_nan=False), encoding="utf-8")
+        if not after and ridge_file.exists():  # --force over a ridge export: its weights belong to no file now
+            ridge_file.unlink()
+    except OSError as exc:
+        if exc.errno not in WRITE_ERRNOS:
+            raise
+        kept = "the existing files are unchanged" if existing else "no file was left"
+        raise OutputError(f"export: cannot write {exc.filename or out.parent}: {exc.strerror}; {kept}. Free space or "
+                          f"choose another --out") from exc
     return out

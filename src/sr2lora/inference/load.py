@@ -74,14 +74,15 @@ def load_run(run_dir: str | Path, task: int | None = None, device: str | torch.d
     against the checkpoint's hash; LoRA branches 0..t are folded into the qkv weights. ``task=t`` before the
     last task needs the per-task head snapshots (classifier alignment rewrites old heads after every task);
     runs trained before they were saved can only load their final model. Reads the run folder through
-    :mod:`sr2lora.runs.folder`: no dataset, no file written.
+    :mod:`sr2lora.runs.folder`: no dataset, no file written; the checkpoint's files are checked against its
+    manifest first (a changed weights file would silently change predictions).
     """
     from ..core.hardware import resolve_device
     from ..data.transforms import transform_spec
     from ..train.evaluation import lora_tasks
 
     run_dir = Path(run_dir)
-    run = read_run(run_dir, finished=True)
+    run = read_run(run_dir, finished=True, verify=True)  # every checkpoint file against its manifest
     cfg, results = run.config, run.results
     num_tasks = int(results["num_tasks"])
     cil = load_model(run, task, "cpu")

@@ -28,7 +28,6 @@ mid-write. It changes nothing else and is unset in normal use.
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import shutil
@@ -38,17 +37,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
-from ..core.atomic import atomic_write_json
+from ..core.atomic import WRITE_ERRNOS, atomic_write_json, save_safetensors
 from ..core.cache import file_sha256
 from ..core.errors import CheckpointError
 from .folder import RunFolder
 
 PAUSE_ENV = "SR2LORA_TEST_PAUSE_IN_CHECKPOINT"
 STATE_KEYS = ("task", "matrix", "curve", "counts", "task_seconds")  # what a resume needs from state.json
-# Errors of a write that fails for lack of room or rights: reported as a CheckpointError, not a traceback.
-WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.EFBIG})
 
 
 
@@ -77,7 +74,7 @@ def save_checkpoint(run_dir: Path, tensors: dict[str, dict[str, torch.Tensor]], 
     try:
         for name, group in tensors.items():
             target = folder.group_file(name, tmp)
-            save_file(_contiguous(group) if group else {"_empty": torch.zeros(1)}, str(target))
+            save_safetensors(_contiguous(group) if group else {"_empty": torch.zeros(1)}, target)
             with open(target, "rb") as fh:
                 os.fsync(fh.fileno())
         atomic_write_json(tmp / folder.STATE, state)
@@ -116,11 +113,19 @@ def write_manifest(ckpt: Path) -> None:
     atomic_write_json(ckpt / MANIFEST, {"files": files})
 
 
-def verify_manifest(ckpt: Path) -> None:
-    """Raise CheckpointError unless every file the manifest lists is present with its recorded sha256.
+def required_files() -> list[str]:
+    """The files every checkpoint holds (:attr:`RunFolder.REQUIRED_GROUPS` and the state): known from the run's
+    layout, not from the manifest, so a manifest with an entry removed (or ``{"files": {}}``) cannot excuse a
+    missing file."""
+    return [*(RunFolder.group_name(g) for g in RunFolder.REQUIRED_GROUPS), RunFolder.STATE]
 
-    A checkpoint is one unit: resuming from one with a missing or altered file would mix two states (or
-    silently start a method's state from scratch)."""
+
+def verify_manifest(ckpt: Path) -> None:
+    """Raise CheckpointError unless the checkpoint holds every required file, the manifest lists every file the
+    folder holds, and each has its recorded sha256.
+
+    A checkpoint is one unit: resuming from (or predicting with) one with a missing or altered file would mix two
+    states (or silently start a method's state from scratch)."""
     path = ckpt / MANIFEST
     if not path.is_file():
         raise CheckpointError(
@@ -131,19 +136,30 @@ def verify_manifest(ckpt: Path) -> None:
         files = json.loads(path.read_text(encoding="utf-8"))["files"]
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise CheckpointError(f"{path}: unreadable checkpoint manifest ({exc}); the checkpoint is damaged") from exc
-    if not isinstance(files, dict):
+    if not isinstance(files, dict) or not all(isinstance(v, str) for v in files.values()):
         raise CheckpointError(f"{path}: unreadable checkpoint manifest (no file list); the checkpoint is damaged")
+    for name in required_files():
+        if name not in files:
+            where = f"{ckpt / name} and its entry are" if not (ckpt / name).exists() else f"the entry of {name} is"
+            raise CheckpointError(
+                f"{path}: {where} missing (every checkpoint holds {', '.join(required_files())}); the checkpoint "
+                f"was altered and cannot be used. Restore it or start a new run with another --out"
+            )
+    unlisted = sorted(f.name for f in ckpt.iterdir() if f.is_file() and f.name != MANIFEST and f.name not in files)
+    if unlisted:
+        raise CheckpointError(f"{ckpt}: {', '.join(unlisted)} not listed in {MANIFEST}; the checkpoint was altered "
+                              f"and cannot be used. Restore it or start a new run with another --out")
     for name, expected in sorted(files.items()):
         f = ckpt / name
         if not f.is_file():
             raise CheckpointError(
-                f"{f}: missing from the checkpoint (listed in {MANIFEST}); the checkpoint cannot be resumed "
+                f"{f}: missing from the checkpoint (listed in {MANIFEST}); the checkpoint cannot be used "
                 f"without it. Restore the file or start a new run with another --out"
             )
         if file_sha256(f) != expected:
             raise CheckpointError(
                 f"{f}: changed since the checkpoint was written (sha256 differs from {MANIFEST}); the checkpoint "
-                f"cannot be resumed. Restore the file or start a new run with another --out"
+                f"cannot be used. Restore the file or start a new run with another --out"
             )
 
 

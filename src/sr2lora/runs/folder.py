@@ -50,6 +50,8 @@ class RunFolder:
     STATE = "state.json"
     MANIFEST = "manifest.json"
     GROUPS = ("model", "stats", "method", "heads")  # the tensor groups, one safetensors file each
+    # what every checkpoint holds, whatever its manifest says (runs from before per-task head snapshots lack heads)
+    REQUIRED_GROUPS = ("model", "stats", "method")
     HEADS_GROUP = "heads"  # the heads as after each task (sr2lora.models.state)
 
     def __init__(self, path: str | Path) -> None:
@@ -98,9 +100,14 @@ class RunFolder:
     def state_file(self) -> Path:
         return self.checkpoint_dir / self.STATE
 
+    @staticmethod
+    def group_name(group: str) -> str:
+        """The file name of a tensor group in a checkpoint folder (``<group>.safetensors``)."""
+        return f"{group}.safetensors"
+
     def group_file(self, group: str, checkpoint: Path | None = None) -> Path:
         """``checkpoint/<group>.safetensors`` (of ``checkpoint``, a folder being written, when given)."""
-        return (checkpoint or self.checkpoint_dir) / f"{group}.safetensors"
+        return (checkpoint or self.checkpoint_dir) / self.group_name(group)
 
     def temp_checkpoints(self) -> list[Path]:
         """Checkpoint folders left half-written by a crash (``checkpoint.tmp-*``)."""
