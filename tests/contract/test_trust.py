@@ -635,3 +635,23 @@ def test_full_disk_during_export_keeps_the_old_files(tmp_path, finished_run, cap
         err = fails(capsys, "export", "--run", finished_run, "--out", out, "--force")
         assert "export: cannot write" in err and "No space left on device; the existing files are unchanged" in err
         assert {p.name: p.read_bytes() for p in disk.iterdir() if p.name != "filler"} == before
+
+
+def test_a_sweeps_run_folder_is_locked_while_the_sweep_writes_it(tmp_path, capsys):
+    """Case 5: `run --resume` of a sweep's run folder used to run beside the sweep writing it (both exit 0)."""
+    sweep = tmp_path / "sweep"
+    cell = sweep / "base" / "seed1993"
+    proc = cli_process("sweep", "--preset", "smoke", "--out", sweep, "--quiet", "--no-report", *FAST,
+                       env={"SR2LORA_TEST_PAUSE_IN_CHECKPOINT": "60"})  # alive inside its first checkpoint write
+    try:
+        wait_for(cell / "config.yaml", proc)
+        wait_for(cell / LOCK_NAME, proc)
+        config = (cell / "config.yaml").read_bytes()
+        err = fails(capsys, "run", "--resume", cell, "--quiet")
+        assert f"{cell}: the run folder is in use by another sr2lora process (pid {proc.pid}" in err
+        assert run_cli(*RUN, "--continue", "--out", cell, *FAST) == 75  # a sweep's cell: running elsewhere
+        assert "running elsewhere" in capsys.readouterr().err
+        assert (cell / "config.yaml").read_bytes() == config and not (cell / CKPT_DIR).exists()
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate()

@@ -58,6 +58,10 @@ class Classifier:
         """Take the training features (N, d) and run labels of task t's new ``classes`` (model after task t)."""
         raise NotImplementedError
 
+    def check_budget(self) -> None:
+        """Before any work: ConfigError naming the key when the settings need more memory than the machine has
+        (nothing to check by default)."""
+
     def finish_task(self, t: int, heads: TaskHeads, seed: int, single_task: bool = False) -> None:
         """Make the classifier ready to predict every class seen after task t (``seed``: task t's seed)."""
 

@@ -47,6 +47,29 @@ class GaussianAlignment(Classifier):
         self.gaussians = ClassGaussians(dim)
         self.on_step: Callable[[], None] | None = None  # called after every alignment step (tests count them)
 
+    def check_budget(self) -> None:
+        """Alignment draws ``ca.samples_factor × batch`` samples per class every epoch (batch: ``ca.batch_size``, or
+        ``train.batch_size`` for 0), all at once: refuse settings whose samples (with their noise and logits, in
+        float32) cannot fit in the memory available now, instead of failing after the first task."""
+        from ..core.errors import ConfigError
+        from ..core.hardware import available_memory
+
+        ca = self.cfg.ca
+        if not (ca.enabled and ca.epochs > 0):
+            return
+        batch = ca.batch_size or self.cfg.train.batch_size
+        classes, per_class = int(self.offsets[-1]), ca.samples_factor * batch
+        need = classes * per_class * 4 * (3 * self.dim + 2 * classes)
+        have = available_memory()
+        if have is not None and need > have:
+            key = "ca.batch_size" if ca.batch_size else "train.batch_size"
+            taken = "" if ca.batch_size else " (ca.batch_size=0 takes train.batch_size)"
+            raise ConfigError(
+                f"{key}={batch}: classifier alignment would draw ca.samples_factor={ca.samples_factor} x {batch} "
+                f"samples for each of the {classes} classes every epoch{taken}, about {need / 2**30:.3g} GiB, more "
+                f"than the {have / 2**30:.3g} GiB of memory available; lower {key} (or ca.samples_factor)"
+            )
+
     def fit_task(self, t, features, labels, classes, class_names=None) -> None:
         ca = self.cfg.ca
         self.gaussians.add_classes(features, labels, classes, ca.cov_shrink, ca.fallback_var, class_names=class_names)

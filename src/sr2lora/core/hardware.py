@@ -108,6 +108,21 @@ def compute_changes(before: dict[str, object], now: dict[str, object]) -> list[s
     return [f"{k} {before.get(k)} -> {now.get(k)}" for k in now if k in before and before[k] != now[k]]
 
 
+def available_memory() -> int | None:
+    """Bytes of memory this machine can still give (``MemAvailable``), or None where that cannot be read."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
 def onednn_isa_cap() -> str | None:
     """The instruction-set cap oneDNN was given (``ONEDNN_MAX_CPU_ISA`` or its old name ``DNNL_MAX_CPU_ISA``), upper
     case, or None when there is none."""

