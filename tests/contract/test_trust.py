@@ -655,3 +655,119 @@ def test_a_sweeps_run_folder_is_locked_while_the_sweep_writes_it(tmp_path, capsy
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.communicate()
+
+
+def flip_a_bit(path: Path) -> None:
+    """Flip one bit near the end of ``path`` (in a safetensors file: a tensor value)."""
+    data = bytearray(path.read_bytes())
+    data[-5] ^= 0x10
+    path.write_bytes(bytes(data))
+
+
+def test_predict_and_export_verify_the_checkpoint_manifest(tmp_path, finished_run, capsys):
+    """Case 7: one flipped bit in model.safetensors used to change a prediction, exit 0."""
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    flip_a_bit(run / CKPT_DIR / "model.safetensors")
+    image = tmp_path / "x.png"
+    Image.fromarray(np.zeros((32, 32, 3), dtype=np.uint8)).save(image)
+    changed = f"{run / CKPT_DIR / 'model.safetensors'}: changed since the checkpoint was written"
+    assert changed in fails(capsys, "predict", "--run", run, image, "--quiet")
+    assert changed in fails(capsys, "export", "--run", run, "--out", tmp_path / "x.safetensors")
+    assert not list(tmp_path.glob("x.*.safetensors")) and not (tmp_path / "x.safetensors").exists()
+
+
+def drop_from_manifest(ckpt: Path, name: str | None) -> None:
+    """Remove ``name`` and its manifest entry (``None``: empty the manifest's file list)."""
+    manifest = ckpt / "manifest.json"
+    doc = json.loads(manifest.read_text())
+    if name is None:
+        doc["files"] = {}
+    else:
+        (ckpt / name).unlink()
+        del doc["files"][name]
+    manifest.write_text(json.dumps(doc))
+
+
+@pytest.mark.parametrize("name", ["method.safetensors", "stats.safetensors", "state.json", None])
+def test_a_manifest_does_not_excuse_a_missing_file(tmp_path, finished_run, capsys, name):
+    """Case 7: a file deleted together with its manifest entry (method.safetensors: a silent other result;
+    stats.safetensors: a KeyError traceback), or {"files": {}}, used to turn the checks off."""
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    drop_from_manifest(run / CKPT_DIR, name)
+    missing = name or "model.safetensors"
+    expected = f"{run / CKPT_DIR / 'manifest.json'}: " + (f"{run / CKPT_DIR / missing} and its entry are missing"
+                                                          if name else "the entry of model.safetensors is missing")
+    image = tmp_path / "x.png"
+    Image.fromarray(np.zeros((32, 32, 3), dtype=np.uint8)).save(image)
+    if name != "state.json":  # (without state.json a folder is no checkpoint at all: named as such)
+        assert expected in fails(capsys, "predict", "--run", run, image, "--quiet")
+    (run / "results.json").unlink()
+    err = fails(capsys, "run", "--resume", run, "--quiet")
+    assert (expected if name != "state.json" else "incomplete checkpoint (no state.json)") in err
+    assert not (run / "results.json").exists()
+
+
+def test_metrics_of_the_last_task_survive_a_kill_right_after_its_checkpoint(tmp_path, finished_run, capsys):
+    """Case 8: killed between the last checkpoint and the metrics.csv write, the file kept lacking that task."""
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    (run / "results.json").unlink()  # as the kill leaves it: the checkpoint of task 5 and a file 1 task short
+    full = (run / "metrics.csv").read_text()
+    (run / "metrics.csv").write_text("".join(full.splitlines(keepends=True)[:-1]))
+    (run / ".metrics.csv.tmp-0a1b2c3d.csv").write_text("half a file")  # what a kill mid-write leaves
+    (run / ".results.json.tmp-4e5f6a7b.json").write_text("{")
+    assert run_cli("run", "--resume", run, "--quiet") == 0
+    assert (run / "metrics.csv").read_text() == full
+    assert not list(run.glob(".*.tmp-*")), "the temporary files of interrupted writes are removed"
+
+
+def scalars(tb: Path) -> list[tuple[str, int, float]]:
+    """Every scalar point in the event files under ``tb``: (tag, step, value)."""
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+    from tensorboard.util import tensor_util
+
+    return [(v.tag, e.step, float(tensor_util.make_ndarray(v.tensor)))
+            for f in sorted(tb.glob("events.out.tfevents.*")) for e in EventFileLoader(str(f)).Load()
+            if e.HasField("summary") for v in e.summary.value]
+
+
+def test_tensorboard_keeps_one_point_per_step_after_kills(tmp_path, stopped_smoke, smoke_run):
+    """Case 8: the epochs a killed attempt had logged beyond its checkpoint stayed beside the resumed ones."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    run = tmp_path / "run"
+    shutil.copytree(stopped_smoke, run)
+    for _ in range(2):  # two killed attempts, each logged task 3's epoch (step 2) and its accuracy
+        with SummaryWriter(str(run / "tb")) as w:
+            w.add_scalar("train/loss", 999.0, 2)
+            w.add_scalar("eval/accuracy_seen", 999.0, 3)
+    assert run_cli("run", "--resume", run, "--quiet") == 0
+    points = scalars(run / "tb")
+    keys = [(tag, step) for tag, step, _ in points]
+    assert len(keys) == len(set(keys)), "one point per tag and step"
+    assert 999.0 not in [v for *_, v in points]
+    assert sorted(keys) == sorted((t, s) for t, s, _ in scalars(smoke_run()[0] / "tb"))
+
+
+def test_export_interrupted_between_its_writes_keeps_the_old_pair(tmp_path, finished_run, capsys, monkeypatch):
+    """Case 8: `export --force` stopped between writing the weights and the sidecar left new weights beside the
+    old sidecar. Now both go to temporary files first; a stop there leaves the old pair and no temporary file."""
+    import sr2lora.inference.export as export
+
+    out = tmp_path / "model.safetensors"
+    assert run_cli("export", "--run", finished_run, "--out", out) == 0
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    sidecar = json.loads(out.with_suffix(".json").read_text())
+    from sr2lora.core.cache import file_sha256
+
+    assert sidecar["weights_sha256"] == file_sha256(out), "the sidecar names the weights it belongs to"
+
+    def interrupted(data):  # Ctrl-C arrives once the new weights are written, before the sidecar is
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(export, "json_safe", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        export.export_run(finished_run, out, task=3, force=True)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before

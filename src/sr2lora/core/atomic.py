@@ -36,10 +36,28 @@ from typing import IO, Any
 WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.EFBIG})
 
 
+# The name of a temporary file of this module (and of temporary folders made with the same prefix): what a
+# process killed mid-write leaves behind, removed by the next resume (sr2lora.runs.checkpoint.clean_partial).
+_TEMP_NAME = re.compile(r"^\..+\.tmp-[A-Za-z0-9_]{8}")
+
+
+def leftover_temps(folder: str | Path) -> list[Path]:
+    """The temporary files (and folders) of atomic writes in ``folder`` (not below it) that a killed process left."""
+    try:
+        return sorted(p for p in Path(folder).iterdir() if _TEMP_NAME.match(p.name))
+    except OSError:
+        return []
+
+
+def temp_prefix(path: str | Path) -> str:
+    """The name prefix of ``path``'s temporary files (for ``tempfile.mkdtemp(prefix=...)`` beside it)."""
+    return f".{Path(path).name}.tmp-"
+
+
 def _new_temp(path: Path) -> tuple[int, Path]:
     """Create an empty, unique temporary file beside ``path``; (open fd, its path)."""
     for _ in range(100):
-        tmp = path.with_name(f".{path.name}.tmp-{secrets.token_hex(4)}{path.suffix}")
+        tmp = path.with_name(f"{temp_prefix(path)}{secrets.token_hex(4)}{path.suffix}")
         try:
             return os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666), tmp
         except FileExistsError:

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from ..config import RunConfig
-from ..core.atomic import WRITE_ERRNOS, atomic_paths, json_safe, save_safetensors
+from ..core.atomic import WRITE_ERRNOS, atomic_paths, json_safe, leftover_temps, save_safetensors, temp_prefix
 from ..core.errors import CheckpointError, OutputError
 from ..models.state import plain_backbone_state
 from .load import LoadedRun, load_run
@@ -177,6 +177,9 @@ def export_run(run_dir: str | Path, out_file: str | Path, task: int | None = Non
         "versions": {"sr2lora": __version__, "torch": torch.__version__, "timm": timm.__version__},
     }
     targets = [out, sidecar_file, *([ridge_file] if after else [])]
+    for stale in leftover_temps(out.parent) if out.parent.is_dir() else []:  # of an export killed mid-write
+        if any(stale.name.startswith(temp_prefix(p)) for p in (out, sidecar_file, ridge_file)):
+            stale.unlink(missing_ok=True)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         with atomic_paths(targets) as temps:

@@ -39,7 +39,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 
-from ..core.atomic import WRITE_ERRNOS, atomic_write_json, save_safetensors
+from ..core.atomic import WRITE_ERRNOS, atomic_write_json, leftover_temps, save_safetensors
 from ..core.cache import file_sha256
 from ..core.errors import CheckpointError
 from .folder import RunFolder
@@ -164,8 +164,14 @@ def verify_manifest(ckpt: Path) -> None:
 
 
 def clean_partial(run_dir: Path) -> None:
-    """Remove temp folders left by a crash during a checkpoint write; restore a swapped-out checkpoint."""
+    """Remove temp folders left by a crash during a checkpoint write; restore a swapped-out checkpoint; remove the
+    hidden temporary files of other writes a kill interrupted (``.metrics.csv.tmp-*``, ``.results.json.tmp-*``)."""
     folder = RunFolder(run_dir)
+    for p in leftover_temps(folder.path):
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
     final = folder.checkpoint_dir
     for p in folder.swapped_checkpoints():
         if not final.exists():

@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import csv
 import math
+import os
+import shutil
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
 
-from ..core.atomic import atomic_open
+from ..core.atomic import atomic_open, temp_prefix
 
 
 class Callback:
@@ -45,8 +48,14 @@ class CSVLog(Callback):
 
     def on_start(self, trainer: Any, first_task: int) -> None:
         self.rows = trainer.csv_rows if trainer.dist.is_main else []  # the trainer's list (restored on resume)
+        if first_task > 0:  # rebuilt from the checkpoint: a kill right after it left the file a task short
+            self.write()
 
     def on_task(self, trainer: Any, t: int) -> None:
+        self.write()
+
+    def write(self) -> None:
+        """Rewrite the file with every row so far (atomically)."""
         if not self.rows:
             return
         with atomic_open(self.path, "w", newline="") as fh:
@@ -71,6 +80,13 @@ class TensorBoardLog(Callback):
         if not trainer.dist.is_main:
             return
         try:
+            # what an interrupted attempt logged beyond the checkpoint is trained again: drop it, or TensorBoard
+            # would show two points at those steps
+            self.drop_after(len(trainer.csv_rows), first_task)
+        except Exception as exc:  # an unreadable event file: keep training, with the old points
+            warnings.warn(f"TensorBoard: could not drop the points logged after the checkpoint ({type(exc).__name__}: "
+                          f"{exc}); they may show twice", stacklevel=2)
+        try:
             from torch.utils.tensorboard import SummaryWriter
 
             self.writer = SummaryWriter(str(self.log_dir))
@@ -80,6 +96,38 @@ class TensorBoardLog(Callback):
             self._fail(ImportError(f"{exc} (install it with `{install_hint('report')}`)"))
         except Exception as exc:  # the folder unwritable: keep training
             self._fail(exc)
+
+    def drop_after(self, epochs: int, tasks: int) -> None:
+        """Rewrite the event files without the points beyond ``epochs`` epochs (``train/*``, x = epoch index) and
+        ``tasks`` tasks (``eval*``, x = tasks learned): those a run killed after its checkpoint had logged. The kept
+        events go to one new file, which replaces the old ones."""
+        files = sorted(self.log_dir.glob("events.out.tfevents.*")) if self.log_dir.is_dir() else []
+        if not files:
+            return
+        from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+        from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
+        def beyond(event: Any) -> bool:
+            tags = [v.tag for v in event.summary.value]
+            return any((tag.startswith("train/") and event.step >= epochs) or (tag.startswith("eval")
+                                                                               and event.step > tasks) for tag in tags)
+
+        events = [e for f in files for e in EventFileLoader(str(f)).Load()]
+        kept = [e for e in events if e.HasField("summary") and not beyond(e)]
+        if len(kept) == sum(e.HasField("summary") for e in events):
+            return
+        staging = Path(tempfile.mkdtemp(prefix=temp_prefix(self.log_dir), dir=self.log_dir.parent))
+        try:
+            writer = EventFileWriter(str(staging))
+            for event in kept:
+                writer.add_event(event)
+            writer.close()
+            for new in staging.iterdir():
+                os.replace(new, self.log_dir / new.name)
+            for f in files:
+                f.unlink(missing_ok=True)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
 
     def _fail(self, exc: BaseException) -> None:
         warnings.warn(f"TensorBoard logging disabled: {type(exc).__name__}: {exc}", stacklevel=3)
