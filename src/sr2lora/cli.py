@@ -182,6 +182,13 @@ def cmd_report(args: argparse.Namespace) -> int:
         doc = build_report(args.runs, out)
     except (FileNotFoundError, ValueError) as exc:  # no runs; unreadable results.json; mixed task counts
         raise UserError(str(exc)) from exc
+    except OSError as exc:  # a full disk, no rights: the previous report (if any) is as it was
+        from .core.atomic import WRITE_ERRNOS
+
+        if exc.errno not in WRITE_ERRNOS:
+            raise
+        raise UserError(f"report: cannot write into {out}: {exc.strerror}; a report there before is unchanged. "
+                        f"Free space or choose another --out") from exc
     for g in doc["groups"]:
         m = g["metrics"]
         gain = g["gain_over_frozen"]
@@ -241,6 +248,12 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
     if args.robustness:
         return cmd_robustness(args)
+    if args.samples is not None and args.samples < 1:
+        raise UserError(f"--samples {args.samples}: expected at least 1 held-out item per task")
+    if args.device is not None:
+        from .core.hardware import check_device
+
+        check_device(args.device, "--device")
     docs = []
     try:
         runs = find_run_dirs(args.runs)
@@ -465,7 +478,20 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _tolerant_streams() -> None:
+    """Print what the terminal's encoding cannot show as escapes (``\\xe4``) instead of failing: under an ASCII
+    locale a class name or a path with an umlaut used to end ``predict`` with a UnicodeEncodeError."""
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            try:
+                reconfigure(errors="backslashreplace")
+            except (ValueError, OSError):  # a stream that cannot change (closed, or a test's capture)
+                pass
+
+
 def main(argv: list[str] | None = None) -> int:
+    _tolerant_streams()
     parser = build_parser()
     args = parser.parse_args(argv)
     if hasattr(args, "overrides"):

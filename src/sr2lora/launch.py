@@ -15,7 +15,7 @@ from typing import Any
 from .config import RUNTIME_KEYS, RunConfig, load_config
 from .core.errors import CheckpointError, OutputError
 from .core.signals import Interrupted, stop_on_signals
-from .runs.folder import RunFolder, check_out_outside_data
+from .runs.folder import RunFolder, check_out_outside_data, check_out_path
 from .runs.lock import FolderInUse, check_not_in_use, run_folder_lock
 from .runs.reuse import ExperimentMismatch, folder_state
 from .train.callbacks import Callback, CSVLog, TensorBoardLog
@@ -33,17 +33,29 @@ def launch(cfg: RunConfig, out: str | Path, *, resume: bool = False, progress: b
     from .train.engine import Trainer
 
     folder = RunFolder(out)
+    check_out_path(folder.path)
     check_out_outside_data(cfg, folder.path)  # before the lock creates the folder
     if resume:
         check_same_compute(cfg, folder.path, allow=allow_other_compute)
+    # a resume cannot move to another folder: where the run's own folder is not writable, say what can be done
+    hint = ("make it writable, or copy the run folder to a writable disk and resume the copy (`sr2lora run --resume "
+            "COPY`)") if resume else "choose another with --out"
     try:
-        with stop_on_signals(), run_folder_lock(folder.path):
+        with stop_on_signals(), run_folder_lock(folder.path, hint):
             trainer = Trainer(cfg, folder.path, progress=progress,
                               callbacks=[*run_loggers(folder, cfg), *callbacks])
             return trainer.run(resume=resume)
     except Interrupted as exc:
         exc.run_dir = folder.path
         raise
+    except OSError as exc:
+        if folder.path.is_dir():
+            raise
+        raise OutputError(
+            f"{folder.path}: the run folder was removed or renamed while the run wrote into it ({exc.strerror}: "
+            f"{exc.filename}); the run stopped. If it was moved, resume it where it is now with `sr2lora run "
+            f"--resume NEW_PLACE`; else start the run again"
+        ) from exc
 
 
 # The flag of `sr2lora run` that lets a resume compute otherwise than the checkpoint's tasks did.
@@ -104,6 +116,7 @@ def run_loggers(folder: RunFolder, cfg: RunConfig) -> list[Callback]:
 def check_new_run(cfg: RunConfig, out: str | Path) -> None:
     """Refuse to start ``cfg`` into ``out`` when a process is writing it or it holds a run already (finished or
     not, this experiment or another); nothing is written."""
+    check_out_path(out)
     check_not_in_use(out)  # a run still writing there is named by its pid
     state = folder_state(out, cfg, hint="choose another --out")
     if state == "done":
@@ -129,6 +142,7 @@ def continue_state(cfg: RunConfig, out: str | Path) -> bool | None:
     """What ``sr2lora run --continue`` does with ``out``: False (start it), True (resume it: it holds this
     experiment, unfinished) or None (finished: nothing to do). A folder in use by another live process is
     :class:`RunningElsewhere`; one holding another experiment is refused, naming the keys that differ."""
+    check_out_path(out)
     try:
         check_not_in_use(out)
     except FolderInUse as exc:
@@ -151,6 +165,7 @@ def resume_config(run_dir: str | Path, overrides: Sequence[str] = ()) -> RunConf
     from .runs.checkpoint import check_resumable
 
     folder = RunFolder(run_dir)
+    check_out_path(run_dir, "--resume")
     if not folder.is_run():
         raise OutputError(f"--resume {run_dir}: not a run folder (no {folder.CONFIG}); start one with `sr2lora run`")
     planned = load_config(str(folder.config_file), list(overrides))

@@ -71,7 +71,7 @@ CONFIG_CASES = {
     "device-name": (["train.device=banana"], "train.device: expected auto, cpu, cuda, cuda:N or mps, got 'banana'"),
     "timm-keyword": (["model.timm_kwargs.colour=1"], "unexpected keyword argument 'colour'"),
     "timm-heads": (["model.timm_kwargs.num_heads=5"], "dim should be divisible by num_heads"),
-    # issue 28, case 6: these failed after task 1 had trained (a half-made folder then blocked the corrected
+    # these failed after task 1 had trained (a half-made folder then blocked the corrected
     # command) or with a traceback
     "layers-first-0": (["method.layers=first:0"], "method.layers: expected all, first:k, last:k, random:k (1 <= k "
                        "<= 4) or a list of block indices, got 'first:0'"),

@@ -438,7 +438,7 @@ def test_sweep_and_demo_refuse_a_folder_in_use(tmp_path, capsys, command):
     assert sorted(p.name for p in out.iterdir()) == [LOCK_NAME]
 
 
-# ------------------------------------------------------------------------------------- issue 28: faults a user meets
+# ------------------------------------------------------------------------------------- faults a user meets
 ACC_KEYS = ["accuracy_matrix", "acc_curve", "final_acc", "avg_acc", "forgetting", "bwt", "plasticity",
             "class_order", "task_test_counts"]
 
@@ -483,7 +483,7 @@ def same_numbers(run: Path, reference: Path) -> None:
 
 
 def test_worker_count_changes_no_number(tmp_path, smoke_run, capsys):
-    """Case 1: augmentations used to be drawn per worker process, so data.num_workers=2 trained on other images."""
+    """augmentations used to be drawn per worker process, so data.num_workers=2 trained on other images."""
     reference, _ = smoke_run()
     out = tmp_path / "run"
     assert run_cli(*RUN, "--out", out, *FAST, "train.precision=fp32", "data.num_workers=2") == 0
@@ -509,7 +509,7 @@ def test_every_runtime_key_has_a_resume_case(tmp_path):
 @pytest.mark.parametrize("key", sorted(["data.num_workers", "data.root", "train.device", "train.threads",
                                         "train.eval_batch_size"]))
 def test_resume_with_a_runtime_key_gives_the_uninterrupted_numbers(tmp_path, smoke_run, stopped_smoke, key):
-    """Acceptance 2 of issue 28: no key allowed to change on resume may change a number."""
+    """No key allowed to change on resume may change a number."""
     reference, _ = smoke_run()
     run = tmp_path / "run"
     shutil.copytree(stopped_smoke, run)
@@ -539,7 +539,7 @@ def test_resume_that_would_compute_otherwise_is_refused_unless_asked(tmp_path, s
 
 
 def test_out_holding_someone_elses_files_is_refused(tmp_path, capsys):
-    """Case 2: a checkpoint/ folder and metrics.csv of the user's used to be deleted and overwritten (exit 0)."""
+    """a checkpoint/ folder and metrics.csv of the user's used to be deleted and overwritten (exit 0)."""
     out = tmp_path / "mine"
     (out / CKPT_DIR).mkdir(parents=True)
     (out / CKPT_DIR / "notes.txt").write_text("my notes")
@@ -571,7 +571,7 @@ def truncate(path: Path) -> bytes:
 
 
 def test_truncated_jpeg_is_found_before_training_and_skipped_with_skip_bad(tmp_path, capsys):
-    """Case 3: PIL's verify() passes a truncated JPEG; the run used to fail at the task holding it."""
+    """PIL's verify() passes a truncated JPEG; the run used to fail at the task holding it."""
     root = jpeg_folder(tmp_path / "images")
     bad = root / "d" / "img03.jpg"
     truncate(bad)
@@ -585,7 +585,7 @@ def test_truncated_jpeg_is_found_before_training_and_skipped_with_skip_bad(tmp_p
 
 
 def test_a_file_damaged_after_the_start_has_a_way_forward(tmp_path, capsys):
-    """Case 3: after a damaged file, resume was refused ("another dataset") and skip_bad could not be added."""
+    """after a damaged file, resume was refused ("another dataset") and skip_bad could not be added."""
     root = jpeg_folder(tmp_path / "images")
     args = (*folder_args(root), "scenario.order=natural")
     stopped = stopped_run(tmp_path / "stopped", *args, after=0)  # task 1 (classes a, b) trained
@@ -611,7 +611,7 @@ def test_a_file_damaged_after_the_start_has_a_way_forward(tmp_path, capsys):
 
 @pytest.mark.parametrize("free_kb, kept", [(40, "no checkpoint yet"), (400, "the previous checkpoint is intact")])
 def test_full_disk_during_a_checkpoint_on_a_real_tmpfs(tmp_path, smoke_run, capsys, free_kb, kept):
-    """Case 4: safetensors' own SafetensorError (os error 28) used to end the run with a traceback."""
+    """safetensors' own SafetensorError (os error 28) used to end the run with a traceback."""
     reference, _ = smoke_run()
     with small_tmpfs(tmp_path / "disk") as disk:
         filler = fill(disk, free_kb * 1024)
@@ -626,7 +626,7 @@ def test_full_disk_during_a_checkpoint_on_a_real_tmpfs(tmp_path, smoke_run, caps
 
 
 def test_full_disk_during_export_keeps_the_old_files(tmp_path, finished_run, capsys):
-    """Case 4: export on a full disk used to end with a SafetensorError traceback."""
+    """export on a full disk used to end with a SafetensorError traceback."""
     with small_tmpfs(tmp_path / "disk", size="2m") as disk:
         out = disk / "model.safetensors"
         assert run_cli("export", "--run", finished_run, "--out", out) == 0
@@ -638,7 +638,7 @@ def test_full_disk_during_export_keeps_the_old_files(tmp_path, finished_run, cap
 
 
 def test_a_sweeps_run_folder_is_locked_while_the_sweep_writes_it(tmp_path, capsys):
-    """Case 5: `run --resume` of a sweep's run folder used to run beside the sweep writing it (both exit 0)."""
+    """`run --resume` of a sweep's run folder used to run beside the sweep writing it (both exit 0)."""
     sweep = tmp_path / "sweep"
     cell = sweep / "base" / "seed1993"
     proc = cli_process("sweep", "--preset", "smoke", "--out", sweep, "--quiet", "--no-report", *FAST,
@@ -665,7 +665,7 @@ def flip_a_bit(path: Path) -> None:
 
 
 def test_predict_and_export_verify_the_checkpoint_manifest(tmp_path, finished_run, capsys):
-    """Case 7: one flipped bit in model.safetensors used to change a prediction, exit 0."""
+    """one flipped bit in model.safetensors used to change a prediction, exit 0."""
     run = tmp_path / "run"
     shutil.copytree(finished_run, run)
     flip_a_bit(run / CKPT_DIR / "model.safetensors")
@@ -691,7 +691,7 @@ def drop_from_manifest(ckpt: Path, name: str | None) -> None:
 
 @pytest.mark.parametrize("name", ["method.safetensors", "stats.safetensors", "state.json", None])
 def test_a_manifest_does_not_excuse_a_missing_file(tmp_path, finished_run, capsys, name):
-    """Case 7: a file deleted together with its manifest entry (method.safetensors: a silent other result;
+    """a file deleted together with its manifest entry (method.safetensors: a silent other result;
     stats.safetensors: a KeyError traceback), or {"files": {}}, used to turn the checks off."""
     run = tmp_path / "run"
     shutil.copytree(finished_run, run)
@@ -710,7 +710,7 @@ def test_a_manifest_does_not_excuse_a_missing_file(tmp_path, finished_run, capsy
 
 
 def test_metrics_of_the_last_task_survive_a_kill_right_after_its_checkpoint(tmp_path, finished_run, capsys):
-    """Case 8: killed between the last checkpoint and the metrics.csv write, the file kept lacking that task."""
+    """killed between the last checkpoint and the metrics.csv write, the file kept lacking that task."""
     run = tmp_path / "run"
     shutil.copytree(finished_run, run)
     (run / "results.json").unlink()  # as the kill leaves it: the checkpoint of task 5 and a file 1 task short
@@ -734,7 +734,7 @@ def scalars(tb: Path) -> list[tuple[str, int, float]]:
 
 
 def test_tensorboard_keeps_one_point_per_step_after_kills(tmp_path, stopped_smoke, smoke_run):
-    """Case 8: the epochs a killed attempt had logged beyond its checkpoint stayed beside the resumed ones."""
+    """the epochs a killed attempt had logged beyond its checkpoint stayed beside the resumed ones."""
     from torch.utils.tensorboard import SummaryWriter
 
     run = tmp_path / "run"
@@ -752,7 +752,7 @@ def test_tensorboard_keeps_one_point_per_step_after_kills(tmp_path, stopped_smok
 
 
 def test_export_interrupted_between_its_writes_keeps_the_old_pair(tmp_path, finished_run, capsys, monkeypatch):
-    """Case 8: `export --force` stopped between writing the weights and the sidecar left new weights beside the
+    """`export --force` stopped between writing the weights and the sidecar left new weights beside the
     old sidecar. Now both go to temporary files first; a stop there leaves the old pair and no temporary file."""
     import sr2lora.inference.export as export
 

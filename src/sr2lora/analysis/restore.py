@@ -69,6 +69,10 @@ def restore_run(run_dir: str | Path, device: str | None = None) -> tuple[Analysi
 
     folder = RunFolder(run_dir)
     run_dir = folder.path
+    if device is not None:
+        from ..core.hardware import check_device
+
+        check_device(device, "--device")
     if not folder.is_run():
         raise FileNotFoundError(f"{run_dir}: not a run folder (no {folder.CONFIG})")
     run = read_run(run_dir, [f"train.device={device}"] if device else [], finished=False, verify=True)

@@ -54,6 +54,7 @@ class ClassGaussians:
         self._stack = None
         features = features.double()
         eye = torch.eye(self.dim, dtype=torch.float64, device=features.device)
+        small: list[str] = []  # the classes with too few samples, named in one warning (not one per class)
         for c in classes:
             x = features[labels == c]
             if len(x) == 0:
@@ -61,11 +62,7 @@ class ClassGaussians:
             mean = x.mean(0)
             if len(x) < 2:
                 name = f" ({class_names[c]!r})" if class_names is not None and c < len(class_names) else ""
-                warnings.warn(
-                    f"class {c}{name} has {len(x)} training sample(s): no covariance can be estimated, using the "
-                    f"isotropic fallback {fallback_var}·I (ca.fallback_var)",
-                    stacklevel=2,
-                )
+                small.append(f"class {c}{name}")
                 cov = fallback_var * eye
                 self.fallback.append(int(c))
             else:
@@ -73,6 +70,14 @@ class ClassGaussians:
             self.means[int(c)] = mean.float().cpu()
             self.chols[int(c)] = torch.linalg.cholesky(cov).float().cpu()
             self.counts[int(c)] = len(x)
+        if len(small) == 1:
+            warnings.warn(f"{small[0]} has 1 training sample(s): no covariance can be estimated, using the isotropic "
+                          f"fallback {fallback_var}·I (ca.fallback_var)", stacklevel=2)
+        elif small:
+            more = f" and {len(small) - 5} more" if len(small) > 5 else ""
+            warnings.warn(f"{len(small)} classes have 1 training sample each ({', '.join(small[:5])}{more}): no "
+                          f"covariance can be estimated, using the isotropic fallback {fallback_var}·I "
+                          f"(ca.fallback_var); results.json lists them as fallback_classes", stacklevel=2)
 
     def stacked(self, classes: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """(means (C, d), transposed Cholesky factors Lᵀ (C, d, d)) of ``classes``, built once and cached.

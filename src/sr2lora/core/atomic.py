@@ -212,3 +212,19 @@ def atomic_paths(paths: Sequence[str | Path], *, fsync: bool = True) -> Iterator
         for tmp in temps:
             tmp.unlink(missing_ok=True)
         raise
+
+
+def move_into(staging: str | Path, target: str | Path) -> list[Path]:
+    """Move every file of the folder ``staging`` into ``target`` (replacing files of the same name), one rename
+    right after another with SIGINT/SIGTERM held back, then remove ``staging``: files written together (a report)
+    appear together. Both folders must be on one file system (``staging`` made inside ``target``)."""
+    import shutil
+
+    staging, target = Path(staging), Path(target)
+    moved = []
+    with _signals_held():
+        for f in sorted(staging.iterdir()):
+            os.replace(f, target / f.name)
+            moved.append(target / f.name)
+    shutil.rmtree(staging, ignore_errors=True)
+    return moved

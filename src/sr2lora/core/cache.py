@@ -6,6 +6,8 @@ import hashlib
 import os
 from pathlib import Path
 
+from .errors import OutputError
+
 
 def cache_dir(create: bool = True) -> Path:
     """sr2lora's cache folder: ``$SR2LORA_CACHE``, else ``$XDG_CACHE_HOME/sr2lora``, else ``~/.cache/sr2lora``.
@@ -14,12 +16,19 @@ def cache_dir(create: bool = True) -> Path:
     """
     env = os.environ.get("SR2LORA_CACHE")
     if env:
-        path = Path(env).expanduser()
+        path, source = Path(env).expanduser(), f"SR2LORA_CACHE={env}"
     else:
         base = os.environ.get("XDG_CACHE_HOME")
         path = (Path(base).expanduser() if base else Path.home() / ".cache") / "sr2lora"
+        source = f"XDG_CACHE_HOME={base}" if base else "the cache folder"
+    if path.exists() and not path.is_dir():
+        raise OutputError(f"{source}: {path} is a file, not a folder; point SR2LORA_CACHE at a folder (or unset it)")
     if create:
-        path.mkdir(parents=True, exist_ok=True)
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OutputError(f"{source}: cannot create the cache folder {path} ({exc.strerror or exc}); point "
+                              f"SR2LORA_CACHE at a folder you can write") from exc
     return path
 
 

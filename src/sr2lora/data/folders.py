@@ -267,8 +267,9 @@ def _decode_problem(path: str) -> tuple[bool, str | None]:
             im.load()
             if wide:
                 to_rgb8(im, path)
-    except Image.DecompressionBombError as exc:
-        return True, f"larger than Pillow's safety limit of {Image.MAX_IMAGE_PIXELS} pixels ({exc})"
+    except Image.DecompressionBombError:
+        return True, (f"larger than Pillow's safety limit of {Image.MAX_IMAGE_PIXELS} pixels (PIL.Image."
+                      f"MAX_IMAGE_PIXELS): refused as a possible decompression bomb; shrink the image if you trust it")
     except DataError as exc:  # a 16-bit / float image whose range cannot be scaled to 8 bit
         return True, str(exc).removeprefix(f"{path}: ")
     except Exception as exc:  # PIL raises many types for corrupt files

@@ -77,10 +77,11 @@ def load_run(run_dir: str | Path, task: int | None = None, device: str | torch.d
     :mod:`sr2lora.runs.folder`: no dataset, no file written; the checkpoint's files are checked against its
     manifest first (a changed weights file would silently change predictions).
     """
-    from ..core.hardware import resolve_device
+    from ..core.hardware import check_device, resolve_device
     from ..data.transforms import transform_spec
     from ..train.evaluation import lora_tasks
 
+    check_device(str(device), "--device")  # before any work: a device this machine lacks is a message
     run_dir = Path(run_dir)
     run = read_run(run_dir, finished=True, verify=True)  # every checkpoint file against its manifest
     cfg, results = run.config, run.results

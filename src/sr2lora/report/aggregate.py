@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from ..runs.folder import RunFolder
 from .collect import METRICS, Group
 
 BASELINE = "frozen"
@@ -42,7 +43,9 @@ def aggregate(group: Group) -> dict[str, Any]:
     res = [r.results for r in group.runs]
     lengths = {len(r["acc_curve"]) for r in res}
     if len(lengths) != 1:
-        raise ValueError(f"{group.full_name}: runs have different numbers of tasks ({sorted(lengths)})")
+        counts = ", ".join(f"{r.path / RunFolder.RESULTS}: {len(r.results['acc_curve'])}" for r in group.runs)
+        raise ValueError(f"{group.full_name}: runs have different numbers of tasks ({counts}); report them "
+                         f"separately")
     T = lengths.pop()
     curves = np.array([r["acc_curve"] for r in res], dtype=np.float64)
     mats = np.array([[[np.nan if v is None else v for v in row] for row in r["accuracy_matrix"]] for r in res],

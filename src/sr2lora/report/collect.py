@@ -55,6 +55,8 @@ def read_results_file(file: Path) -> dict[str, Any]:
     a key the report needs (the CLI prints it as an error, not a traceback)."""
     try:
         results = json.loads(file.read_text(encoding="utf-8"))
+    except RecursionError as exc:
+        raise ValueError(f"{file}: not the results of a sr2lora run (JSON nested too deeply to read)") from exc
     except json.JSONDecodeError as exc:
         raise ValueError(f"{file}: not valid JSON ({exc}); the file is truncated or damaged, rerun or remove "
                          f"that run") from exc
@@ -65,7 +67,29 @@ def read_results_file(file: Path) -> dict[str, Any]:
     missing = [k for k in (*RESULT_KEYS, *METRICS) if k not in results]
     if missing:
         raise ValueError(f"{file}: not the results of a sr2lora run (lacks {', '.join(missing)})")
+    check_result_types(file, results)
     return results
+
+
+def _number(v: Any) -> bool:
+    return v is None or (isinstance(v, int | float) and not isinstance(v, bool))
+
+
+def check_result_types(file: Path, results: dict[str, Any]) -> None:
+    """ValueError naming the file and the key when a value the report computes with has another type (a dict
+    where a number belongs, a matrix row that is not a list of numbers)."""
+    for key in METRICS:
+        if not _number(results[key]):
+            raise ValueError(f"{file}: {key} is a {type(results[key]).__name__}, not a number (or null); the file "
+                             f"is not a sr2lora run's results or was edited")
+    curve, matrix = results["acc_curve"], results["accuracy_matrix"]
+    if not isinstance(curve, list) or not curve or not all(_number(v) for v in curve):
+        raise ValueError(f"{file}: acc_curve is not a list of numbers; the file was edited or damaged")
+    rows_ok = isinstance(matrix, list) and len(matrix) == len(curve) and all(
+        isinstance(row, list) and len(row) == len(curve) and all(_number(v) for v in row) for row in matrix)
+    if not rows_ok:
+        raise ValueError(f"{file}: accuracy_matrix is not a {len(curve)} x {len(curve)} list of numbers (acc_curve "
+                         f"has {len(curve)} tasks); the file was edited or damaged")
 
 
 def read_run_result(path: str | Path) -> RunResult:
@@ -74,7 +98,13 @@ def read_run_result(path: str | Path) -> RunResult:
     path = folder.path
     results = read_results_file(folder.results_file)
     cfg_file = folder.config_file
-    config = flatten(yaml.safe_load(cfg_file.read_text(encoding="utf-8")) or {}) if cfg_file.is_file() else {}
+    try:
+        loaded = yaml.safe_load(cfg_file.read_text(encoding="utf-8")) if cfg_file.is_file() else {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, RecursionError) as exc:
+        raise ValueError(f"{cfg_file}: cannot read the run's config ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(loaded or {}, dict):
+        raise ValueError(f"{cfg_file}: not a sr2lora config (a {type(loaded).__name__}, not a mapping)")
+    config = flatten(loaded or {})
     if "precision" in results:  # `auto` means bf16 on one machine and fp32 on another: group by what ran
         config["train.precision"] = results["precision"]
         # runs from before evaluation was float32 evaluated in their training precision: never pooled with newer ones

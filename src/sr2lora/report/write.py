@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import base64
 import html
+import shutil
+import tempfile
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 from ..config import RunConfig, flatten
-from ..core.atomic import atomic_write_json, atomic_write_text
+from ..core.atomic import atomic_write_json, atomic_write_text, leftover_temps, move_into
 from ..runs.folder import discover_runs
 from .aggregate import add_gains, aggregate
 from .collect import group_runs, match_missing, read_run_result, slug
@@ -39,8 +41,26 @@ def build_report(paths: Iterable[str | Path], out_dir: str | Path,
     found.
     """
     out_dir = Path(out_dir)
+    runs = [read_run_result(p) for p in discover_runs(paths)]  # first: a mistyped run path creates nothing
     out_dir.mkdir(parents=True, exist_ok=True)
-    runs = [read_run_result(p) for p in discover_runs(paths)]
+    for stale in leftover_temps(out_dir):  # of a report killed while it was written
+        if stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            stale.unlink(missing_ok=True)
+    # every file is written into a hidden folder first and moved in when all are written: a failure (a full disk)
+    # leaves the previous report as it was, never old and new files mixed
+    staging = Path(tempfile.mkdtemp(prefix=".report.tmp-", dir=out_dir))
+    try:
+        doc = _build(runs, staging, missing)
+        move_into(staging, out_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return doc
+
+
+def _build(runs: list, out_dir: Path, missing: Sequence[tuple[Path, RunConfig]]) -> dict[str, Any]:
+    """Group, aggregate and write every file of the report into ``out_dir``; returns report.json's content."""
     groups = group_runs(runs)
     unmatched = match_missing(groups, [(Path(f), flatten(cfg.to_dict())) for f, cfg in missing])
     aggs = [aggregate(g) for g in groups]

@@ -173,7 +173,23 @@ def discover_runs(paths: Iterable[str | Path]) -> list[Path]:
 # ---------------------------------------------------------------- before anything is written
 
 
-def check_output_writable(out_dir: str | Path) -> None:
+def check_out_path(out_dir: str | Path, flag: str = "--out") -> None:
+    """OutputError when a component of ``out_dir`` is longer than the file system allows (255 bytes on most):
+    every later file operation on it would fail with a traceback."""
+    path = Path(out_dir).expanduser()
+    existing = next((p for p in (path, *path.parents) if p.is_dir()), Path("."))
+    try:
+        limit = os.pathconf(existing, "PC_NAME_MAX")
+    except (OSError, ValueError, AttributeError):
+        limit = 255
+    for part in path.parts:
+        n = len(os.fsencode(part))
+        if n > limit:
+            raise OutputError(f"{flag} {out_dir}: the name {part[:40]}... is {n} bytes long, more than the {limit} "
+                              f"the file system allows; choose a shorter {flag} (nothing was created)")
+
+
+def check_output_writable(out_dir: str | Path, hint: str = "choose another with --out") -> None:
     """Create ``out_dir`` (with parents) and write, fsync and remove a probe file; OutputError if any fails."""
     out = Path(out_dir)
     probe = out / f"{PROBE_PREFIX}{os.getpid()}"
@@ -184,9 +200,7 @@ def check_output_writable(out_dir: str | Path) -> None:
             fh.flush()
             os.fsync(fh.fileno())
     except OSError as exc:
-        raise OutputError(
-            f"output folder {out}: cannot create or write it ({exc.strerror or exc}); choose another with --out"
-        ) from exc
+        raise OutputError(f"output folder {out}: cannot create or write it ({exc.strerror or exc}); {hint}") from exc
     finally:
         try:
             probe.unlink(missing_ok=True)

@@ -149,15 +149,16 @@ def _is_writer() -> bool:
 
 
 @contextmanager
-def run_folder_lock(run_dir: str | Path) -> Iterator[None]:
-    """Hold ``run_dir``'s lock for the block. Creates the folder (checked writable) and, when the block fails
-    and the folder was created here and is left empty, removes it again so a failed start leaves nothing."""
+def run_folder_lock(run_dir: str | Path, hint: str = "choose another with --out") -> Iterator[None]:
+    """Hold ``run_dir``'s lock for the block. Creates the folder (checked writable; ``hint`` ends the message when
+    it is not) and, when the block fails and the folder was created here and is left empty, removes it again so a
+    failed start leaves nothing."""
     run_dir = Path(run_dir)
     if not _is_writer():
         yield
         return
     created = not run_dir.exists()
-    check_output_writable(run_dir)
+    check_output_writable(run_dir, hint)
     try:
         path = acquire(run_dir)
     except BaseException:

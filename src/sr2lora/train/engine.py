@@ -73,6 +73,9 @@ class Trainer:
         self.device = hardware.resolve_device(cfg.train.device)
         # train.threads=0: torch's default of this process, also after an earlier run here set another count
         torch.set_num_threads(hardware.run_threads(cfg.train.threads))
+        note = hardware.oversubscription_note(cfg.train.threads)
+        if note is not None:
+            warnings.warn(note, stacklevel=2)
         preflight(cfg)  # cheap checks (scenario, device, data paths) before any work
         # torchrun: join the process group (after every rank's preflight, before rank 0 writes anything)
         self.dist = ddp.init_from_env(self.device)

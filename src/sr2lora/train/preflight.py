@@ -63,17 +63,9 @@ def check_data_paths(cfg: RunConfig) -> None:
 
 def check_device(cfg: RunConfig) -> None:
     """Raise ConfigError when ``train.device`` names a device this machine does not have."""
-    import torch
+    from ..core.hardware import check_device as check
 
-    dev = str(cfg.train.device)
-    if dev.startswith("cuda"):
-        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        index = int(dev.split(":", 1)[1]) if ":" in dev else 0
-        if index >= n:
-            have = f"{n} CUDA device(s)" if n else "no CUDA device (or this torch build has no CUDA)"
-            raise ConfigError(f"train.device={dev}: this machine has {have}; use train.device=auto or cpu")
-    if dev == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise ConfigError("train.device=mps: MPS is not available here; use train.device=auto or cpu")
+    check(cfg.train.device, "train.device")
 
 
 def backbone_on_meta(cfg: RunConfig):
