@@ -266,8 +266,9 @@ class Slurm:
         """The sbatch script the cells' job array gets (nothing is submitted): what ``--dry-run`` prints."""
         ex = self.executor(folder)
         sbatch = ex._executor._make_submission_file_text("<the cell's command, below>", "<uid>")
-        lines = [f"slurm: one job array of {len(cells)} cell(s), folder {folder}", "sbatch script:", sbatch.rstrip(),
-                 "cells (one array task each):"]
+        lines = [f"slurm: one job array of {len(cells)} cell(s) (--array=0-{len(cells) - 1}%"
+                 f"{min(len(cells), self.options.array_parallelism)}), folder {folder}",
+                 "sbatch script of each task (%j is <array>_<task>):", sbatch.rstrip(), "cells (one array task each):"]
         lines += [f"  {c.name}: {' '.join(self.cell_command(c))}" for c in cells]
         return "\n".join(lines)
 
