@@ -65,6 +65,24 @@ def test_status_names_a_failed_cell_and_its_last_log_line(tmp_path, capsys):
     failed = rows["lr=1e30/seed1993"]
     assert " failed " in failed and "exit 2" in failed and "non-finite loss" in failed
     assert run_cli("sweep", "--status", tmp_path / "nowhere") == 2
+    # the report covers the finished cell and names the missing one
+    report = json.loads((out / "report" / "report.json").read_text())
+    assert report["num_runs"] == 1 and report["missing"] == [str(out / "lr=1e30" / "seed1993")]
+    assert "## Missing runs" in (out / "report" / "report.md").read_text()
+
+
+def test_the_report_says_how_many_planned_seeds_a_group_averages(smoke_run, tmp_path):
+    """A group with one of its two planned seeds finished: "1 of 2" in the table, the missing run listed."""
+    from sr2lora.config import load_config
+    from sr2lora.report import build_report
+
+    done, _ = smoke_run("seed=0")
+    missing = tmp_path / "seed1"
+    doc = build_report([done], tmp_path / "report", missing=[(missing, load_config("smoke", [*FAST, "seed=1",
+                                                                                            "train.precision=fp32"]))])
+    (group,) = doc["groups"]
+    assert group["n"] == 1 and group["planned"] == 2 and group["missing"] == [str(missing)]
+    assert "| 1 of 2 |" in (tmp_path / "report" / "report.md").read_text()
 
 
 def test_run_continue_starts_resumes_or_does_nothing(tmp_path, capsys):
