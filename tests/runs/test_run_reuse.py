@@ -16,7 +16,6 @@ from sr2lora.core.errors import OutputError
 from sr2lora.runs.reuse import ExperimentMismatch, folder_state
 
 
-
 def _planted(folder, overrides, results=False):
     """A run folder as a run leaves it, without training: config.yaml (+ results.json when finished)."""
     folder.mkdir(parents=True, exist_ok=True)

@@ -9,7 +9,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import read_results, run_cli
+from conftest import read_results
 from sr2lora import load_run
 from sr2lora.analysis.restore import evaluate_run, restore_run
 from sr2lora.config import load_config
@@ -22,6 +22,7 @@ from sr2lora.models.state import is_stored_weight, restore_weights, stored_weigh
 from sr2lora.runs.saved import load_classifier, load_method, load_model, read_run
 from sr2lora.train.engine import Trainer
 from sr2lora.train.evaluation import lora_tasks
+
 
 @pytest.fixture
 def base(smoke_run) -> Path:

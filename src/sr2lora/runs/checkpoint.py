@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import errno
 import json
-import math
 import os
 import shutil
 import tempfile
@@ -42,9 +41,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..core.atomic import atomic_write_json
-from .folder import RunFolder
 from ..core.cache import file_sha256
 from ..core.errors import CheckpointError
+from .folder import RunFolder
 
 PAUSE_ENV = "SR2LORA_TEST_PAUSE_IN_CHECKPOINT"
 STATE_KEYS = ("task", "matrix", "curve", "counts", "task_seconds")  # what a resume needs from state.json
