@@ -127,7 +127,7 @@ def test_no_import_cycle_inside_the_package():
 # ---------------------------------------------------------------- the layout
 
 
-ENTRY_POINTS = {"__init__", "__main__", "cli", "launch", "sweep", "demo"}
+ENTRY_POINTS = {"__init__", "__main__", "cli", "launch", "demo"}  # and sweep/, the grid entry point
 READERS = ("sr2lora.analysis", "sr2lora.inference", "sr2lora.report")  # read finished runs
 
 
@@ -142,9 +142,15 @@ def reachable(graph: dict[str, set[str]], start: str) -> set[str]:
     return seen
 
 
+FOLDERS = {"core", "config", "data", "models", "methods", "classifiers", "runs", "train", "analysis", "inference",
+           "report", "assets", "sweep"}
+
+
 def test_only_entry_points_at_the_top_of_the_package():
     top = {f.stem for f in PKG.glob("*.py")}
     assert top == ENTRY_POINTS, f"modules at the top of src/sr2lora that are not entry points: {top - ENTRY_POINTS}"
+    folders = {p.name for p in PKG.iterdir() if p.is_dir() and (p / "__init__.py").is_file()}
+    assert folders == FOLDERS, f"folders by concern: {sorted(folders ^ FOLDERS)}"
 
 
 def test_reading_a_finished_run_never_goes_through_training():

@@ -30,7 +30,9 @@ from ..config import ConfigError, RunConfig, load_config
 PAPER_DATASETS = ("cifar100", "imagenet-r", "imagenet-a", "cub200")
 PAPER_TASKS = (5, 10, 20, 50)
 PAPER_SEEDS = (0, 1993, 1996)
-PAPER_METHODS = ("sr2lora", "seqlora", "frozen", "inflora", "sdlora", "ranpac")
+# SR²-LoRA, the variants the paper compares, and the baselines: 10 methods, 480 cells in all
+PAPER_METHODS = ("sr2lora", "entrywise", "spectral-batch", "feat-all", "feat-last", "seqlora", "frozen", "inflora",
+                 "sdlora", "ranpac")
 
 
 @dataclass

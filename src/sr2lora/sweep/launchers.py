@@ -236,22 +236,10 @@ class Slurm:
         o = self.options
         p: dict[str, Any] = {"timeout_min": o.time, "slurm_array_parallelism": o.array_parallelism,
                              "nodes": 1, "tasks_per_node": 1, "name": "sr2lora-sweep"}
-        if o.partition:
-            p["slurm_partition"] = o.partition
-        if o.account:
-            p["slurm_account"] = o.account
-        if o.qos:
-            p["slurm_qos"] = o.qos
-        if o.gpus_per_cell:
-            p["gpus_per_node"] = o.gpus_per_cell
-        if o.cpus_per_cell:
-            p["cpus_per_task"] = o.cpus_per_cell
-        if o.mem_gb:
-            p["mem_gb"] = o.mem_gb
-        if o.sbatch:
-            p["slurm_additional_parameters"] = dict(o.sbatch)
-        if o.setup:
-            p["slurm_setup"] = list(o.setup)
+        optional = {"slurm_partition": o.partition, "slurm_account": o.account, "slurm_qos": o.qos,
+                    "gpus_per_node": o.gpus_per_cell, "cpus_per_task": o.cpus_per_cell, "mem_gb": o.mem_gb,
+                    "slurm_additional_parameters": dict(o.sbatch), "slurm_setup": list(o.setup)}
+        p.update({k: v for k, v in optional.items() if v})
         return p
 
     def executor(self, folder: Path):
@@ -266,8 +254,9 @@ class Slurm:
         """The sbatch script the cells' job array gets (nothing is submitted): what ``--dry-run`` prints."""
         ex = self.executor(folder)
         sbatch = ex._executor._make_submission_file_text("<the cell's command, below>", "<uid>")
-        lines = [f"slurm: one job array of {len(cells)} cell(s), folder {folder}", "sbatch script:", sbatch.rstrip(),
-                 "cells (one array task each):"]
+        lines = [f"slurm: one job array of {len(cells)} cell(s) (--array=0-{len(cells) - 1}%"
+                 f"{min(len(cells), self.options.array_parallelism)}), folder {folder}",
+                 "sbatch script of each task (%j is <array>_<task>):", sbatch.rstrip(), "cells (one array task each):"]
         lines += [f"  {c.name}: {' '.join(self.cell_command(c))}" for c in cells]
         return "\n".join(lines)
 

@@ -84,19 +84,19 @@ class SweepRecord:
 
     def attempt(self, cell: Cell, **info: Any) -> None:
         """A new attempt at ``cell`` (launcher, job_id or pid, log, ...)."""
-        started = time.strftime("%Y-%m-%d %H:%M:%S")
+        started = {"started": time.strftime("%Y-%m-%d %H:%M:%S"), "t0": time.time()}
         self._change(lambda doc: doc["cells"].setdefault(cell.name, {"attempts": [], "out": str(cell.out)})
-                     ["attempts"].append({"started": started, **info}))
+                     ["attempts"].append({**started, **info}))
 
     def ended(self, cell: Cell, exit_code: int, **match: Any) -> None:
         """The attempt at ``cell`` (the last one, or the last whose fields equal ``match``, e.g. its pid) ended
         with ``exit_code`` (known for the serial and local launchers)."""
-        ended = time.strftime("%Y-%m-%d %H:%M:%S")
+        ended = {"ended": time.strftime("%Y-%m-%d %H:%M:%S"), "t1": time.time()}
 
         def edit(doc: dict[str, Any]) -> None:
             attempts = doc["cells"][cell.name]["attempts"]
             mine = [a for a in attempts if all(a.get(k) == v for k, v in match.items())] or attempts
-            mine[-1].update(exit=int(exit_code), ended=ended)
+            mine[-1].update(exit=int(exit_code), **ended)
 
         self._change(edit)
 

@@ -95,14 +95,16 @@ def sweep_status(out: str | Path, record: SweepRecord | None = None) -> list[Cel
 def _status(name: str, folder: RunFolder, att: dict | None, scheduler: dict[str, tuple[str, str]]) -> CellStatus:
     job = str(att.get("job_id") or att.get("pid") or "") if att else ""
     log = str(att.get("log", "")) if att else ""
-    row = CellStatus(name, "not started", job, str(att.get("node", "")) if att else "", log)
+    row = CellStatus(name, "not started", job, str(att.get("node", att.get("host", ""))) if att else "", log)
+    known = att is not None and att.get("launcher") == "slurm" and att.get("job_id") in scheduler
+    if known:
+        state, node = scheduler[att["job_id"]]
+        row.node = node or row.node
     if folder.is_finished():
         row.state = "done"
         return row
     owner = owner_of(folder.path)
-    if att and att.get("launcher") == "slurm" and att.get("job_id") in scheduler:
-        state, node = scheduler[att["job_id"]]
-        row.node = node or row.node
+    if known:
         if state in SLURM_PENDING:
             row.state = "pending"
             return row
