@@ -362,7 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--allow-other-compute", action="store_true",
                    help="with --resume or --continue: continue although this machine or train.threads / "
                         "train.eval_batch_size / train.device would compute otherwise than the checkpoint's tasks did "
-                        "(the numbers then differ from an uninterrupted run; results.json records task_compute)")
+                        f"(the numbers then differ from an uninterrupted run; {RunFolder.RESULTS} records task_compute)")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
     r.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.epochs=5 method.name=seqlora")
     r.set_defaults(func=cmd_run)

@@ -618,7 +618,7 @@ def test_a_file_damaged_after_the_start_has_a_way_forward(tmp_path, capsys):
     assert read_results(runs["fixed"])["accuracy_matrix"] == read_results(reference)["accuracy_matrix"]
     (root / "a" / "img05.jpg").unlink()  # a file of task 1, which the checkpoint trained on: refused
     err = fails(capsys, "run", "--resume", runs["trained"], "--quiet")
-    assert "other files for task(s) 1, which it has trained already" in err
+    assert "other files in task(s) 1, which it has trained already" in err and "test files 8 -> 7" in err
     assert not (runs["trained"] / "results.json").exists()
 
 

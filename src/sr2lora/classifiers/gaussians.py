@@ -77,7 +77,7 @@ class ClassGaussians:
             more = f" and {len(small) - 5} more" if len(small) > 5 else ""
             warnings.warn(f"{len(small)} classes have 1 training sample each ({', '.join(small[:5])}{more}): no "
                           f"covariance can be estimated, using the isotropic fallback {fallback_var}·I "
-                          f"(ca.fallback_var); results.json lists them as fallback_classes", stacklevel=2)
+                          f"(ca.fallback_var); the run's results list them as fallback_classes", stacklevel=2)
 
     def stacked(self, classes: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """(means (C, d), transposed Cholesky factors Lᵀ (C, d, d)) of ``classes``, built once and cached.

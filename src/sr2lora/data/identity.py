@@ -144,13 +144,9 @@ def check_same_dataset(run_dir: Path, recorded: dict[str, Any] | None, current: 
                   f"started (a file replaced, removed or skipped); the {trained + 1} task(s) in the checkpoint are "
                   f"unchanged, so the run continues on the data as it is now", file=sys.stderr)
             return
-        if changed:
-            bad = [j for j in changed if j <= trained]
-            raise CheckpointError(
-                f"{where} other files for task(s) {', '.join(str(j + 1) for j in bad)}, which it has trained "
-                f"already (a file there was replaced, removed or skipped); resuming would mix two datasets. "
-                f"Restore those files (only files of tasks not trained yet may change), or start a new run"
-            )
+        trained_changed = [j + 1 for j in changed if j <= trained]
+    else:
+        trained_changed = []
     changes = []
     if recorded.get("root") != current["root"]:
         changes.append(f"root {recorded.get('root')} -> {current['root']}")
@@ -167,7 +163,10 @@ def check_same_dataset(run_dir: Path, recorded: dict[str, Any] | None, current: 
             changes.append(f"{split} files {old_counts.get(split)} -> {n}")
     if not [c for c in changes if not c.startswith("root")]:
         changes.append("the same counts but other files (renamed, replaced or resized images)")
+    if trained_changed:
+        changes.append(f"other files in task(s) {', '.join(map(str, trained_changed))}, which it has trained already")
     raise CheckpointError(
         f"{where} another dataset than data.root now gives ({'; '.join(changes)}); resuming would mix two "
-        f"datasets. Point data.root (or SR2LORA_DATA) at the original dataset, or start a new run"
+        f"datasets. Point data.root (or SR2LORA_DATA) at the original dataset (only files of tasks not trained yet "
+        f"may change), or start a new run"
     )
