@@ -9,6 +9,7 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse  # noqa: E402
+import codecs  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -478,14 +479,26 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _escape_unprintable(exc: UnicodeError) -> tuple[str | bytes, int]:
+    """Encoding error handler of the CLI's output: a file name's undecodable bytes (surrogate escapes) go out as
+    the bytes they were, any other character the terminal's encoding lacks as an escape (``\\xe9``)."""
+    if not isinstance(exc, UnicodeEncodeError):
+        raise exc
+    chunk = exc.object[exc.start:exc.end]
+    if all(0xDC80 <= ord(c) <= 0xDCFF for c in chunk):
+        return bytes(ord(c) - 0xDC00 for c in chunk), exc.end
+    return codecs.backslashreplace_errors(exc)
+
+
 def _tolerant_streams() -> None:
-    """Print what the terminal's encoding cannot show as escapes (``\\xe4``) instead of failing: under an ASCII
-    locale a class name or a path with an umlaut used to end ``predict`` with a UnicodeEncodeError."""
+    """Print what the terminal's encoding cannot show instead of failing (:func:`_escape_unprintable`): under an
+    ASCII locale a class name with an accent used to end ``predict`` with a UnicodeEncodeError."""
+    codecs.register_error("sr2lora-escape", _escape_unprintable)
     for stream in (sys.stdout, sys.stderr):
         reconfigure = getattr(stream, "reconfigure", None)
-        if reconfigure is not None:
+        if reconfigure is not None and getattr(stream, "encoding", "utf-8").lower().replace("-", "") != "utf8":
             try:
-                reconfigure(errors="backslashreplace")
+                reconfigure(errors="sr2lora-escape")
             except (ValueError, OSError):  # a stream that cannot change (closed, or a test's capture)
                 pass
 

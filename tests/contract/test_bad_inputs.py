@@ -267,3 +267,128 @@ def test_out_folder_holding_a_run_is_not_overwritten(finished_run, capsys):
     err = fails(capsys, *RUN, "--out", finished_run)
     assert "already holds a run" in err
     assert json.loads((finished_run / "results.json").read_text())["num_tasks"] == 5
+
+
+# ------------------------------------------------------------------------------------------------ messages, not tracebacks
+def test_out_with_a_name_too_long_for_the_file_system(tmp_path, capsys):
+    out = tmp_path / ("x" * 300) / "run"
+    err = fails(capsys, *RUN, "--out", out, *FAST)
+    assert f"--out {out}: the name {'x' * 40}... is 300 bytes long, more than the 255" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cache_variable_pointing_at_a_file(tmp_path, capsys, monkeypatch):
+    not_a_folder = tmp_path / "cache"
+    not_a_folder.write_text("a file")
+    monkeypatch.setenv("SR2LORA_CACHE", str(not_a_folder))
+    err = fails(capsys, *RUN, "--out", tmp_path / "run", "data.dataset=openclipart", "scenario.init_cls=8",
+                "scenario.increment=8")
+    assert f"SR2LORA_CACHE={not_a_folder}: {not_a_folder} is a file, not a folder" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_export_onto_a_folder(tmp_path, finished_run, capsys):
+    folder = tmp_path / "model.safetensors"
+    folder.mkdir()
+    err = fails(capsys, "export", "--run", finished_run, "--out", folder, "--force")
+    assert f"--out {folder}: {folder} is a folder, not a file" in err
+    assert list(folder.iterdir()) == []
+
+
+def a_png(tmp_path: Path, name: str = "x.png") -> Path:
+    path = tmp_path / name
+    Image.fromarray(np.zeros((32, 32, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+@pytest.mark.parametrize("command, device, message", [
+    ("predict", "banana", "--device: expected auto, cpu, cuda, cuda:N or mps, got 'banana'"),
+    ("predict", "cuda:7", "--device cuda:7: this machine has"),
+    ("analyze", "cuda:7", "--device cuda:7: this machine has"),
+])
+def test_a_device_the_machine_lacks(tmp_path, finished_run, capsys, command, device, message):
+    import torch as _torch
+
+    if device.startswith("cuda") and _torch.cuda.device_count() > 7:
+        pytest.skip("this machine has a cuda:7")
+    args = ("--run", finished_run, a_png(tmp_path)) if command == "predict" else (finished_run,)
+    assert message in fails(capsys, command, *args, "--device", device)
+
+
+def test_analyze_with_no_samples(finished_run, capsys):
+    err = fails(capsys, "analyze", finished_run, "--samples", "0")
+    assert "--samples 0: expected at least 1 held-out item per task" in err
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda r: r.update(final_acc={"value": 30}), "final_acc is a dict, not a number (or null)"),
+    (lambda r: r.update(acc_curve=[1, "x"]), "acc_curve is not a list of numbers"),
+    (lambda r: r.update(accuracy_matrix=[[1]]), "accuracy_matrix is not a 5 x 5 list of numbers"),
+])
+def test_report_names_results_of_the_wrong_types(tmp_path, finished_run, capsys, edit, message):
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    r = json.loads((run / "results.json").read_text())
+    edit(r)
+    (run / "results.json").write_text(json.dumps(r))
+    err = fails(capsys, "report", run, "--out", tmp_path / "rep")
+    assert f"{run / 'results.json'}: {message}" in err
+
+
+def test_report_of_deeply_nested_json(tmp_path, finished_run, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    (run / "results.json").write_text("[" * 100_000 + "]" * 100_000)
+    err = fails(capsys, "report", run, "--out", tmp_path / "rep")
+    assert f"{run / 'results.json'}: not the results of a sr2lora run (JSON nested too deeply to read)" in err
+
+
+def test_report_on_a_mistyped_path_creates_nothing(tmp_path, capsys):
+    typo = tmp_path / "rnus" / "seq"
+    err = fails(capsys, "report", typo)
+    assert f"{typo}: no such folder" in err
+    assert not (tmp_path / "rnus").exists()
+
+
+def test_predict_under_an_ascii_locale(tmp_path, finished_run):
+    """A class name the terminal's encoding lacks used to end predict with a UnicodeEncodeError."""
+    import subprocess
+    import sys
+
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    r = json.loads((run / "results.json").read_text())
+    r["class_names"] = [f"café {n}" for n in r["class_names"]]
+    (run / "results.json").write_text(json.dumps(r))
+    env = {**os.environ, "LC_ALL": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0",
+           "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src")}
+    env.pop("PYTHONIOENCODING", None)
+    done = subprocess.run([sys.executable, "-m", "sr2lora", "predict", "--run", str(run), str(a_png(tmp_path, "b.png")),
+                           "--quiet", "--top-k", "1"], env=env, capture_output=True, timeout=120)
+    assert done.returncode == 0 and b"Traceback" not in done.stderr, done.stderr.decode(errors="replace")
+    assert b"caf\\xe9 " in done.stdout
+
+
+def test_one_warning_for_many_classes_with_one_training_image(tmp_path, capsys):
+    root = image_folder(tmp_path / "images", {f"c{k:02d}": 2 for k in range(16)})  # 1 train + 1 test image each
+    out = tmp_path / "run"
+    with pytest.warns(UserWarning) as caught:
+        assert run_cli(*RUN, "--out", out, "data.dataset=folder", f"data.root={root}", "scenario.init_cls=8",
+                       "scenario.increment=8", *FAST) == 0
+    small = [str(w.message) for w in caught if "training sample" in str(w.message)]
+    assert len(small) == 2, small  # one per task, not one per class
+    assert all(m.startswith("8 classes have 1 training sample each (class ") and "and 3 more" in m for m in small)
+    assert len(read_results(out)["fallback_classes"]) == 16
+
+
+def test_threads_beyond_the_cores_get_a_note(tmp_path):
+    from sr2lora.core.hardware import usable_cores
+
+    threads = usable_cores() + 1
+    with pytest.warns(UserWarning, match=f"train.threads={threads} is more than the {usable_cores()} core"):
+        assert run_cli(*RUN, "--out", tmp_path / "run", *FAST, f"train.threads={threads}") == 0
+
+
+def test_out_at_the_root_of_the_file_system(capsys):
+    err = fails(capsys, *RUN, "--out", "/", *FAST)
+    assert "/: holds files sr2lora did not write" in err and "choose a new or empty folder" in err

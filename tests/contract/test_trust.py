@@ -425,6 +425,7 @@ def test_image_over_pillows_size_limit_is_named_as_such(tmp_path, capsys, monkey
     monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", 1500)  # 32x32 images pass, 64x64 is over twice the limit
     err = fails(capsys, *RUN, "--out", tmp_path / "run", *folder_args(root))
     assert f"{big} (larger than Pillow's safety limit of 1500 pixels" in err
+    assert "3000" not in err, "one limit is quoted, not Pillow's own error beside it"
 
 
 def test_demo_refuses_a_folder_in_use(tmp_path, capsys):
@@ -784,3 +785,46 @@ def test_export_interrupted_between_its_writes_keeps_the_old_pair(tmp_path, fini
     with pytest.raises(KeyboardInterrupt):
         export.export_run(finished_run, out, task=3, force=True)
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+def test_run_folder_renamed_mid_run_is_a_message(tmp_path):
+    """The output folder renamed (or deleted) while the run writes it used to end with a traceback."""
+    out, moved = tmp_path / "run", tmp_path / "moved"
+    proc = cli_process(*RUN, "--out", out, *FAST, env={"SR2LORA_TEST_PAUSE_IN_CHECKPOINT": "1"})
+    try:
+        wait_for(out / "config.yaml", proc)
+        end = time.monotonic() + 60
+        while not list(out.glob(f"{CKPT_DIR}.tmp-*")) and time.monotonic() < end:
+            time.sleep(0.01)  # the first checkpoint is being written (and pauses a second)
+        out.rename(moved)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 2 and "Traceback" not in err, err
+    assert f"{out}: the run folder was removed or renamed while the run wrote into it" in err
+    assert "sr2lora run --resume NEW_PLACE" in err
+
+
+def test_resume_on_a_read_only_disk_says_what_can_be_done(tmp_path, stopped_smoke, capsys):
+    """The message used to advise --out, which a resume refuses."""
+    with small_tmpfs(tmp_path / "disk", size="4m") as disk:
+        run = disk / "run"
+        shutil.copytree(stopped_smoke, run)
+        done = subprocess.run(["mount", "-o", "remount,ro", str(disk)], capture_output=True, text=True)
+        if done.returncode != 0:
+            pytest.skip(f"cannot remount the tmpfs read-only: {done.stderr.strip()}")
+        err = fails(capsys, "run", "--resume", run, "--quiet")
+        assert f"output folder {run}: cannot create or write it (Read-only file system)" in err
+        assert "copy the run folder to a writable disk and resume the copy" in err and "--out" not in err
+
+
+def test_report_on_a_full_disk_keeps_the_previous_report(tmp_path, finished_run, capsys):
+    """A report that failed on a full disk used to leave old and new files mixed."""
+    with small_tmpfs(tmp_path / "disk", size="2m") as disk:
+        out = disk / "report"
+        assert run_cli("report", finished_run, "--out", out) == 0
+        before = {p.name: p.read_bytes() for p in out.iterdir()}
+        fill(disk, 48 * 1024)
+        err = fails(capsys, "report", finished_run, "--out", out)
+        assert f"report: cannot write into {out}: No space left on device; a report there before is unchanged" in err
+        assert {p.name: p.read_bytes() for p in out.iterdir()} == before

@@ -177,11 +177,13 @@ def check_out_path(out_dir: str | Path, flag: str = "--out") -> None:
     """OutputError when a component of ``out_dir`` is longer than the file system allows (255 bytes on most):
     every later file operation on it would fail with a traceback."""
     path = Path(out_dir).expanduser()
-    existing = next((p for p in (path, *path.parents) if p.is_dir()), Path("."))
-    try:
-        limit = os.pathconf(existing, "PC_NAME_MAX")
-    except (OSError, ValueError, AttributeError):
-        limit = 255
+    limit = 255
+    for parent in path.parents:  # the nearest existing folder tells its file system's limit
+        try:
+            limit = os.pathconf(parent, "PC_NAME_MAX")
+            break
+        except (OSError, ValueError, AttributeError):
+            continue
     for part in path.parts:
         n = len(os.fsencode(part))
         if n > limit:
