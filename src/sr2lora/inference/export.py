@@ -119,6 +119,7 @@ def export_run(run_dir: str | Path, out_file: str | Path, task: int | None = Non
     if out.suffix != ".safetensors":
         raise CheckpointError(f"--out {out}: the exported file must end in .safetensors")
     sidecar_file, ridge_file = out.with_suffix(".json"), out.with_suffix(".ridge.safetensors")
+    run = load_run(run_dir, task=task)
     folders = [p for p in (out, sidecar_file, ridge_file) if p.is_dir()]
     if folders:
         raise OutputError(f"--out {out}: {folders[0]} is a folder, not a file; give a file name ending in "
@@ -129,7 +130,6 @@ def export_run(run_dir: str | Path, out_file: str | Path, task: int | None = Non
             f"--out {out}: {', '.join(str(p) for p in existing)} already exist(s); nothing was written. Choose "
             f"another --out or add --force to replace them"
         )
-    run = load_run(run_dir, task=task)
     cfg, results = run.config, run.results
     tag, kwargs = timm_architecture(cfg)
     state = folded_state_dict(run)

@@ -184,7 +184,8 @@ class LayerRegularizer(Method):
         self.last_shapes: tuple[torch.Size, torch.Size] | None = None  # (new, old) shapes fed to the loss
 
     def check_model(self, num_layers: int) -> None:
-        select_layers(self.options.layers, num_layers, self.options.layers_seed)
+        if hasattr(self.options, "layers"):  # a method that selects its own layers has no such option
+            select_layers(self.options.layers, num_layers, getattr(self.options, "layers_seed", 0))
 
     def selected(self, h: torch.Tensor) -> torch.Tensor:
         if self.layer_index is None:

@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import csv
 import math
-import os
 import shutil
 import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
 
-from ..core.atomic import atomic_open, temp_prefix
+from ..core.atomic import atomic_open, move_into, temp_prefix
 
 
 class Callback:
@@ -122,8 +121,7 @@ class TensorBoardLog(Callback):
             for event in kept:
                 writer.add_event(event)
             writer.close()
-            for new in staging.iterdir():
-                os.replace(new, self.log_dir / new.name)
+            move_into(staging, self.log_dir)
             for f in files:
                 f.unlink(missing_ok=True)
         finally:
