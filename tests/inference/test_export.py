@@ -170,11 +170,15 @@ def test_export_file_sidecar_and_errors(base_run, tmp_path, capsys):
     st = json.loads((tampered / "checkpoint" / "state.json").read_text())
     st["backbone_sha256"] = "0" * 64
     (tampered / "checkpoint" / "state.json").write_text(json.dumps(st))
+    from sr2lora.runs.checkpoint import write_manifest
+
+    write_manifest(tampered / "checkpoint")  # a consistent checkpoint of another backbone, not a damaged one
     with pytest.raises(CheckpointError, match="backbone_sha256 mismatch"):
         load_run(tampered)
     # without the per-task head snapshots only the final model loads
     (unfinished / "results.json").write_text((base_run / "results.json").read_text())
     (unfinished / "checkpoint" / "heads.safetensors").unlink()
+    write_manifest(unfinished / "checkpoint")  # as a run from before the snapshots wrote it
     assert len(load_run(unfinished).class_names) == 20
     with pytest.raises(CheckpointError, match="no head snapshot"):
         load_run(unfinished, task=1)
