@@ -83,6 +83,7 @@ def check_same_compute(cfg: RunConfig, run_dir: str | Path, *, allow: bool = Fal
     if not isinstance(before, dict):
         return
     t = cfg.train
+    hardware.check_device(t.device, "train.device")  # a device this machine lacks: named, before it is probed
     now = hardware.planned_compute(t.device, t.precision, t.threads, t.eval_batch_size)
     changes = hardware.compute_changes(before, now)
     if not changes:

@@ -828,3 +828,14 @@ def test_report_on_a_full_disk_keeps_the_previous_report(tmp_path, finished_run,
         err = fails(capsys, "report", finished_run, "--out", out)
         assert f"report: cannot write into {out}: No space left on device; a report there before is unchanged" in err
         assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_resume_on_a_device_the_machine_lacks(tmp_path, stopped_smoke, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    run = tmp_path / "run"
+    shutil.copytree(stopped_smoke, run)
+    err = fails(capsys, "run", "--resume", run, "--quiet", "train.device=cuda")
+    assert "train.device=cuda: this machine has no CUDA device" in err
