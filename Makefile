@@ -7,7 +7,7 @@ TORCHVISION_VERSION ?= 0.29.1
 export OMP_WAIT_POLICY ?= PASSIVE
 export PIP_DISABLE_PIP_VERSION_CHECK = 1
 
-.PHONY: setup assets test lint demo bench clean
+.PHONY: setup assets test lint demo bench docs clean
 
 setup: $(VENV)/.installed
 
@@ -53,6 +53,12 @@ lint: setup
 
 demo: setup assets
 	$(VENV)/bin/sr2lora demo
+
+# The documentation site from docs/ (mkdocs-material, the API reference from the docstrings): strict, so a broken
+# link, a page missing from the nav or an API entry that does not resolve fails the build.
+docs: setup
+	$(PY) -m pip install -q -e '.[docs]'
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict -q -d site
 
 bench: setup
 	$(PY) benchmarks/step.py --quick

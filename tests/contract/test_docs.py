@@ -185,3 +185,83 @@ def test_the_method_and_benchmark_notes_are_in_the_repository_and_linked_from_th
     for doc in ("docs/method.md", "docs/benchmarks.md"):
         assert (ROOT / doc).is_file(), f"{doc} is missing"
         assert doc in links, f"README.md does not link {doc}"
+
+
+# ---------------------------------------------------------------- the documentation site (mkdocs)
+
+# the pages the site must have, by what a reader looks for (README links each)
+REQUIRED_PAGES = {
+    "install and the two commands": "install.md",
+    "running on your data": "data.md",
+    "the method as implemented": "method.md",
+    "every method and baseline": "methods.md",
+    "classifiers": "classifiers.md",
+    "benchmarks and results": "results.md",
+    "analysis and theory checks": "analysis.md",
+    "run safety": "run_safety.md",
+    "distributed runs": "distributed.md",
+    "the paper's grid on clusters": "paper_grid.md",
+    "precision": "precision.md",
+    "the code layout": "layout.md",
+    "the API reference": "api.md",
+}
+README_MAX_LINES = 250
+
+
+def _nav_pages() -> list[str]:
+    """Every page named in mkdocs.yml's nav, in order."""
+    import yaml
+
+    def walk(node) -> list[str]:
+        if isinstance(node, str):
+            return [node]
+        if isinstance(node, list):
+            return [p for item in node for p in walk(item)]
+        if isinstance(node, dict):
+            return [p for value in node.values() for p in walk(value)]
+        return []
+
+    return walk(yaml.safe_load((ROOT / "mkdocs.yml").read_text(encoding="utf-8"))["nav"])
+
+
+def test_every_page_is_in_the_site_and_every_entry_exists():
+    import yaml
+
+    site = yaml.safe_load((ROOT / "mkdocs.yml").read_text(encoding="utf-8"))
+    assert site["docs_dir"] == "docs" and site.get("strict") is True
+    nav = _nav_pages()
+    excluded = [line.strip().rstrip("/") for line in str(site.get("exclude_docs", "")).splitlines() if line.strip()]
+    pages = {p.relative_to(ROOT / "docs").as_posix() for p in (ROOT / "docs").rglob("*.md")
+             if not any(p.relative_to(ROOT / "docs").as_posix().startswith(e + "/") for e in excluded)}
+    assert pages - set(nav) == set(), "pages missing from mkdocs.yml's nav"
+    assert [p for p in nav if not (ROOT / "docs" / p).is_file()] == [], "nav entries without a page"
+    assert len(nav) == len(set(nav)), "a page listed twice in the nav"
+
+
+def test_the_readme_is_a_front_door_to_every_required_page():
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert len(text.splitlines()) <= README_MAX_LINES
+    links = {t.partition("#")[0] for t in LINK.findall(_without_code(text))}
+    nav = set(_nav_pages())
+    for what, page in REQUIRED_PAGES.items():
+        assert (ROOT / "docs" / page).is_file(), f"no page for {what}"
+        assert f"docs/{page}" in links, f"README.md does not link the page for {what} (docs/{page})"
+        assert page in nav, f"the site's nav does not list {what} ({page})"
+
+
+def test_the_site_builds_strictly(tmp_path):
+    """``mkdocs build --strict``: a broken link, a missing page or an API reference that does not resolve fails
+    (``make docs`` installs mkdocs; without it this test cannot build the site)."""
+    import shutil
+    import subprocess
+    import sys
+
+    pytest.importorskip("mkdocs", reason="the docs extra is not installed (make docs installs it)")
+    pytest.importorskip("mkdocstrings", reason="the docs extra is not installed (make docs installs it)")
+    res = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-q", "-d", str(tmp_path / "site")],
+                         cwd=ROOT, capture_output=True, text=True, env={**__import__("os").environ,
+                                                                        "NO_MKDOCS_2_WARNING": "1"})
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    assert (tmp_path / "site" / "api" / "index.html").is_file()
+    assert "Start or resume ONE run" in (tmp_path / "site" / "api" / "index.html").read_text(encoding="utf-8")
+    shutil.rmtree(tmp_path / "site")

@@ -23,11 +23,12 @@ from typing import Any
 
 from ..core.errors import ConfigError, TrainingError
 from ..core.signals import Interrupted, check_interrupt
+from ..launch import RUNNING_ELSEWHERE
 from ..runs.lock import owner_of
 from ..runs.reuse import folder_state
 from .grid import Cell
 from .record import SweepRecord
-from .status import RUNNING_ELSEWHERE, slurm_states
+from .status import slurm_states
 
 LAUNCHERS = ("serial", "local", "slurm")
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..core.signals import Interrupted
+from ..launch import RUNNING_ELSEWHERE
 from ..runs.folder import RunFolder
 from ..runs.lock import owner_of
 from .record import SweepRecord
@@ -21,7 +22,6 @@ from .record import SweepRecord
 STATES = ("done", "running", "pending", "failed", "interrupted", "not started")
 # exit statuses of `sr2lora run`: a clean stop by a signal (the run resumes) and "running elsewhere"
 INTERRUPTED_EXITS = {Interrupted(2).exit_code, Interrupted(15).exit_code}
-RUNNING_ELSEWHERE = 75
 SLURM_PENDING = {"PENDING", "CONFIGURING", "REQUEUED", "REQUEUE_HOLD", "RESIZING", "SUSPENDED"}
 SLURM_RUNNING = {"RUNNING", "COMPLETING", "STAGE_OUT", "SIGNALING"}
 
