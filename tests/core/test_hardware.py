@@ -90,33 +90,37 @@ def test_auto_run_records_what_it_chose(tmp_path):
     assert r["device_type"] == "cpu"
 
 
-def test_report_never_averages_runs_of_different_precision(tmp_path):
-    """Two seeds of one setting, one recorded as computed in bf16 (as `auto` gives on a CPU with native bf16):
-    the report keeps them apart and names the precision."""
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_report_never_averages_runs_of_different_precision(tmp_path, precision):
+    """Two seeds of one setting, one trained in ``precision`` (forced), the other recorded as trained in the other
+    precision (as `auto` gives on another kind of machine): the report keeps them apart and names the precision."""
     import json
     import shutil
 
     from sr2lora.report.collect import group_runs, read_run_result
     from sr2lora.runs.folder import discover_runs
 
-    base = tmp_path / "fp32"
+    other_precision = "bf16" if precision == "fp32" else "fp32"
+    base = tmp_path / precision
     assert run_cli("run", "--preset", "smoke", "--quiet", "--out", base, "train.epochs=1", "ca.epochs=1",
-                   "train.threads=1", "scenario.init_cls=10", "scenario.increment=10", "train.precision=fp32") == 0
-    assert read_results(base)["precision"] == "fp32" and read_results(base)["eval_precision"] == "fp32"
-    other = tmp_path / "bf16"
+                   "train.threads=1", "scenario.init_cls=10", "scenario.increment=10",
+                   f"train.precision={precision}") == 0
+    assert read_results(base)["precision"] == precision and read_results(base)["eval_precision"] == "fp32"
+    other = tmp_path / other_precision
     shutil.copytree(base, other)
     res = read_results(other)
-    res.update(precision="bf16", task_precision=["bf16"] * res["num_tasks"], seed=1)
+    res.update(precision=other_precision, task_precision=[other_precision] * res["num_tasks"], seed=1)
     (other / "results.json").write_text(json.dumps(res))
     groups = group_runs([read_run_result(p) for p in discover_runs([tmp_path])])
     assert sorted(g.label for g in groups) == ["precision=bf16", "precision=fp32"]
-    # a run from before evaluation was float32 (no eval_precision: it evaluated in bf16) is not pooled with a
+    # a bf16 run from before evaluation was float32 (no eval_precision: it evaluated in bf16) is not pooled with a
     # newer bf16 run either
+    bf16 = read_results(tmp_path / "bf16")
+    bf16.pop("eval_precision")
+    bf16["seed"] = 2
     older = tmp_path / "bf16-older"
-    shutil.copytree(other, older)
-    res.pop("eval_precision")
-    res["seed"] = 2
-    (older / "results.json").write_text(json.dumps(res))
+    shutil.copytree(tmp_path / "bf16", older)
+    (older / "results.json").write_text(json.dumps(bf16))
     groups = group_runs([read_run_result(p) for p in discover_runs([tmp_path])])
     assert sorted(g.label for g in groups) == ["eval_precision=bf16, precision=bf16",
                                                "eval_precision=fp32, precision=bf16", "eval_precision=fp32, precision=fp32"]
