@@ -60,7 +60,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         from .core.distributed import env_world_size
 
         if not args.out and (env_world_size() > 1 or args.continue_):  # the folder must be known in advance
-            raise UserError("run: a torchrun run and `run --continue` need --out RUN_DIR")
+            what = "run --continue" if args.continue_ else "a torchrun run"
+            raise UserError(f"run: {what} needs --out RUN_DIR (the same folder every time it is given)")
         run_dir = Path(args.out) if args.out else _default_out(cfg)
         if args.continue_:
             resume = continue_state(cfg, run_dir)  # the sweeps' idempotent cell
@@ -332,8 +333,9 @@ def _launcher(args: argparse.Namespace):
     """The launcher named by --launcher, with its options."""
     from .sweep import Local, Serial, Slurm, SlurmOptions, parse_sbatch
 
+    other = args.allow_other_compute
     if args.launcher == "serial":
-        return Serial(progress=not args.quiet)
+        return Serial(progress=not args.quiet, allow_other_compute=other)
     if args.launcher == "local":
         devices = [d for d in (args.devices or "").split(",") if d.strip()] or None
         jobs = args.jobs if args.jobs is not None else (len(devices) if devices else None)
@@ -341,12 +343,12 @@ def _launcher(args: argparse.Namespace):
             from .sweep.launchers import visible_gpus
 
             jobs = len(visible_gpus()) or 2
-        return Local(jobs=jobs, devices=devices)
+        return Local(jobs=jobs, devices=devices, allow_other_compute=other)
     return Slurm(SlurmOptions(partition=args.partition, account=args.account, qos=args.qos, time=args.time,
                               gpus_per_cell=args.gpus_per_cell, cpus_per_cell=args.cpus_per_cell,
                               mem_gb=args.mem_per_cell, array_parallelism=args.array_parallelism,
                               sbatch=parse_sbatch(args.sbatch), setup=list(args.setup)),
-                 wait=not args.no_wait)
+                 wait=not args.no_wait, allow_other_compute=other)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -457,6 +459,9 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--dry-run", action="store_true", help="print the cells (and the sbatch script) only")
     sw.add_argument("--no-report", action="store_true", help="do not write OUT/report at the end")
     sw.add_argument("--quiet", action="store_true", help="no progress bars")
+    sw.add_argument("--allow-other-compute", action="store_true",
+                    help="resume cells that started with other threads, device or machine (their numbers then "
+                         "differ from an uninterrupted run's; results.json records it per task)")
     lo = sw.add_argument_group("local launcher")
     lo.add_argument("--jobs", type=int, help="cells at once (default: one per visible GPU, else 2 single-thread)")
     lo.add_argument("--devices", help="CUDA devices to use, e.g. 0,1,2,3 (default: every visible one)")

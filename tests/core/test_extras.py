@@ -1,6 +1,7 @@
 """Optional dependencies: the core imports none of them, and a missing one is a message naming the extra."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -10,7 +11,7 @@ from conftest import run_cli
 from sr2lora.core.errors import MissingExtraError
 from sr2lora.core.extras import EXTRAS, require
 
-OPTIONAL = ("onnx", "cairosvg", "matplotlib", "tensorboard")
+OPTIONAL = ("onnx", "cairosvg", "matplotlib", "tensorboard", "submitit")
 
 
 def test_core_import_path_imports_no_optional_dependency():
@@ -30,13 +31,17 @@ def test_extras_cover_every_optional_dependency():
     from pathlib import Path
 
     project = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())["project"]
+    def name(requirement: str) -> str:
+        return re.split(r"[<>=!~\[ ;]", requirement, maxsplit=1)[0]
+
     for extra, mods in EXTRAS.items():
-        assert set(mods) <= set(project["optional-dependencies"][extra]), extra
+        assert set(mods) <= {name(r) for r in project["optional-dependencies"][extra]}, extra
     assert not set(OPTIONAL) & {d.split(">")[0].split("=")[0].split("<")[0] for d in project["dependencies"]}
 
 
 @pytest.mark.parametrize("module,extra", [("onnx", "assets"), ("cairosvg", "assets"),
-                                          ("matplotlib", "report"), ("tensorboard", "report")])
+                                          ("matplotlib", "report"), ("tensorboard", "report"),
+                                          ("submitit", "cluster")])
 def test_a_missing_module_names_its_extra(monkeypatch, module, extra):
     monkeypatch.setitem(sys.modules, module, None)  # what `import module` then does: raise ImportError
     with pytest.raises(MissingExtraError) as err:

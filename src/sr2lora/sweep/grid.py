@@ -50,10 +50,11 @@ class Cell:
     def seed(self) -> int:
         return self.cfg.seed
 
-    def command(self, python: str, extra: list[str] | None = None) -> list[str]:
+    def command(self, python: str, extra: list[str] | None = None, flags: list[str] | None = None) -> list[str]:
         """The cell as one idempotent command line: start it, resume it, or do nothing when it finished
-        (``sr2lora run --continue``); ``extra`` are runtime overrides (threads, device)."""
-        return [python, "-m", "sr2lora", "run", "--continue", "--preset", self.preset,
+        (``sr2lora run --continue``); ``extra`` are runtime overrides (threads, device), ``flags`` options of
+        ``run`` (``--allow-other-compute``)."""
+        return [python, "-m", "sr2lora", "run", "--continue", *(flags or []), "--preset", self.preset,
                 "--out", str(self.out), *self.overrides, *(extra or [])]
 
 

@@ -23,7 +23,7 @@ from typing import Any
 
 from ..core.errors import ConfigError, TrainingError
 from ..core.signals import Interrupted, check_interrupt
-from ..launch import RUNNING_ELSEWHERE
+from ..launch import ALLOW_OTHER_COMPUTE, RUNNING_ELSEWHERE
 from ..runs.lock import owner_of
 from ..runs.reuse import folder_state
 from .grid import Cell
@@ -58,6 +58,7 @@ class Serial:
     """The cells one after another in this process (the run in progress stops cleanly on SIGINT/SIGTERM)."""
 
     progress: bool = True
+    allow_other_compute: bool = False  # resume cells that started elsewhere (other threads, device, machine)
     name: str = "serial"
 
     def run(self, cells: Sequence[Cell], record: SweepRecord, say=print) -> list[str]:
@@ -76,7 +77,8 @@ class Serial:
                     record.ended(c, 0, pid=os.getpid())
                     continue
                 say(f"{tag}: {'resuming' if resume else 'running'}")
-                res = launch(c.cfg, c.out, resume=resume, progress=self.progress)
+                res = launch(c.cfg, c.out, resume=resume, progress=self.progress,
+                             allow_other_compute=self.allow_other_compute)
             except (RunningElsewhere, FolderInUse):
                 say(f"{tag}: running elsewhere, left to it")
                 record.ended(c, RUNNING_ELSEWHERE, pid=os.getpid())
@@ -115,6 +117,7 @@ class Local:
 
     jobs: int = 2
     devices: list[str] | None = None
+    allow_other_compute: bool = False
     name: str = "local"
     python: str = field(default_factory=lambda: sys.executable)
 
@@ -144,7 +147,8 @@ class Local:
                     extra.append("train.threads=1")
                 log_path = logs / log_name(cell)
                 with open(log_path, "a", encoding="utf-8") as log:
-                    proc = subprocess.Popen(cell.command(self.python, extra), stdout=subprocess.PIPE,
+                    flags = [ALLOW_OTHER_COMPUTE] if self.allow_other_compute else []
+                    proc = subprocess.Popen(cell.command(self.python, extra, flags), stdout=subprocess.PIPE,
                                             stderr=subprocess.STDOUT, text=True, env=env)
                     with lock:
                         procs.append(proc)
@@ -220,13 +224,14 @@ class Slurm:
 
     options: SlurmOptions
     wait: bool = True
+    allow_other_compute: bool = False  # a cell requeued on another GPU model or node type continues
     poll_s: float = 5.0
     name: str = "slurm"
     python: str = field(default_factory=lambda: sys.executable)
 
     def cell_command(self, cell: Cell) -> list[str]:
         n = self.options.gpus_per_cell
-        cmd = cell.command(self.python)
+        cmd = cell.command(self.python, flags=[ALLOW_OTHER_COMPUTE] if self.allow_other_compute else [])
         if n > 1:  # several GPUs for one cell: torchrun inside the job, one process per GPU
             cmd = [self.python, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}",
                    *cmd[1:]]
