@@ -461,7 +461,7 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--quiet", action="store_true", help="no progress bars")
     sw.add_argument("--allow-other-compute", action="store_true",
                     help="resume cells that started with other threads, device or machine (their numbers then "
-                         "differ from an uninterrupted run's; results.json records it per task)")
+                         "differ from an uninterrupted run's; each run's results record it per task)")
     lo = sw.add_argument_group("local launcher")
     lo.add_argument("--jobs", type=int, help="cells at once (default: one per visible GPU, else 2 single-thread)")
     lo.add_argument("--devices", help="CUDA devices to use, e.g. 0,1,2,3 (default: every visible one)")
