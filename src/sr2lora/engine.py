@@ -574,5 +574,6 @@ class Trainer:
             **hardware.describe(self.capabilities, self._run_precision(), self.cfg.train.precision,
                                 torch.get_num_threads(), self.eval_precision),
             "task_precision": self.task_precision,
+            **({"method_state": state} if (state := self.method.report()) else {}),
             "versions": {"sr2lora": __version__, "torch": torch.__version__, "python": platform.python_version()},
         }
