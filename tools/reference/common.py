@@ -86,14 +86,24 @@ def stub_modules(*names: str) -> None:
 
 @contextlib.contextmanager
 def cpu_only() -> Iterator[None]:
-    """Shim: ``.cuda()`` on modules and tensors returns them unchanged (the references call it unconditionally)."""
-    saved = torch.nn.Module.cuda, torch.Tensor.cuda
+    """Shim: ``.cuda()`` on modules and tensors returns them unchanged and a tensor's ``.to('cuda')`` stays on
+    the CPU (the references call them unconditionally)."""
+    saved = torch.nn.Module.cuda, torch.Tensor.cuda, torch.Tensor.to
+    to = torch.Tensor.to
+
+    def to_cpu(self: torch.Tensor, *a: Any, **k: Any) -> torch.Tensor:  # .to('cuda') / .to(device='cuda')
+        a = tuple("cpu" if isinstance(v, str) and v.startswith("cuda") else v for v in a)
+        if isinstance(k.get("device"), str) and k["device"].startswith("cuda"):
+            k["device"] = "cpu"
+        return to(self, *a, **k)
+
     torch.nn.Module.cuda = lambda self, *a, **k: self  # type: ignore[method-assign]
     torch.Tensor.cuda = lambda self, *a, **k: self  # type: ignore[method-assign]
+    torch.Tensor.to = to_cpu  # type: ignore[method-assign]
     try:
         yield
     finally:
-        torch.nn.Module.cuda, torch.Tensor.cuda = saved  # type: ignore[method-assign]
+        torch.nn.Module.cuda, torch.Tensor.cuda, torch.Tensor.to = saved  # type: ignore[method-assign]
 
 
 @contextlib.contextmanager

@@ -24,7 +24,6 @@ from __future__ import annotations
 import types
 
 import torch
-
 from common import ensure_micro_vit, metadata, parse_args, setup, stub_modules
 
 # thresholds near 1: the micro ViT's token second moment has one dominant direction (99.4% of Σλ²), and the

@@ -24,7 +24,6 @@ import tempfile
 import types
 
 import torch
-
 from common import cpu_only, ensure_micro_vit, files_in_memory, metadata, parse_args, setup, stub_modules
 
 TASKS, PER_TASK, PER_CLASS, BATCH, EPOCHS, LR = 3, 2, 6, 4, 2, 0.05

@@ -62,7 +62,6 @@ import torch
 from ..errors import ConfigError
 from .base import Method, TaskContext, register_method
 
-
 CRITERIA = ("reference", "paper")
 
 

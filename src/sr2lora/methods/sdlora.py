@@ -64,7 +64,6 @@ from torch import nn
 from ..errors import ConfigError
 from .base import Method, TaskContext, register_method
 
-
 HANDOVERS = ("reference", "keep", "normalize")
 
 # The authors' recipe (zyx303/WuYichen-97 SD-Lora-CL, models/sdlora.py and exps/sdlora_inr.json): SGD with
