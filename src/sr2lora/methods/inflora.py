@@ -30,8 +30,8 @@ one — here A is the down-projection, as everywhere in sr2lora):
    ``criterion=paper``: with λ_i the eigenvalues of C_t and λ̂_i those of Q_tᵀ C_t Q_t, E = Σ λ_i^p, the
    smallest k with (E − Σ λ̂_i^p + Σ_{i≤k} λ̂_i^p) / E ≥ ε_t (GPM's energy criterion); p = ``energy_power``
    (1: the paper's Σσ² of the representation matrix; 2: σ⁴, but still measured on P C P).
-   Measured with the clip-art backbone after task 1 (issue #27): the paper's p = 1 keeps 106 / 163 / 128
-   directions in blocks 0 / 5 / 11, the code's criterion 1 / 5 / 2, a 30–100× smaller protected subspace.
+   Measured on ``clipart-10t`` after its first task (docs/baselines.md): the paper's p = 1 keeps 106 / 163 / 128
+   of 384 directions in blocks 0 / 5 / 11, the code's criterion 1 / 4 / 2, a 40–100× smaller protected subspace.
    Threshold schedule (authors' code, ``update_DualGPM``): ε_t = ε_start + (ε_end − ε_start)·t/T for task t
    (0-based) of T; defaults 0.95 → 1.0 (their CIFAR-100 and DomainNet configs; the ImageNet-R presets set
    their 0.98 → 1.0 and 50 epochs in ``per_method``). DualGPM storage: a layer keeps M_t while
