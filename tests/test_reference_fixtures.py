@@ -152,7 +152,7 @@ def inflora_run():
     fx, meta = fixture("inflora")
     tasks, per_task = meta["tasks"], meta["classes_per_task"]
     eps0, eps1 = meta["eps"]
-    # the fixture trains with the reference's SGD branch, one epoch (a constant lr): tools/reference/inflora.py
+    # the fixture trains with the reference's SGD branch, one epoch (a constant lr): tools/reference/fixture_inflora.py
     cfg = load_config("smoke", setup.overrides(
         "inflora", f"train.lr={meta['lr']}", f"method.eps_start={eps0}", f"method.eps_end={eps1}",
         f"train.optimizer={meta['optimizer']}", "train.schedule=constant", f"train.epochs={meta['epochs']}"))

@@ -12,7 +12,7 @@ order, transforms, backbone, epochs, batch and lr are the preset's (with sdlora'
 so the run is comparable with ``sr2lora run --preset P method.name=sdlora ca.enabled=false`` (the reference has
 no classifier alignment). Writes OUT/results.json.
 
-What the wrapper changes: the same as tools/reference/sdlora.py (bookkeeping of ``incremental_train`` here,
+What the wrapper changes: the same as tools/reference/fixture_sdlora.py (bookkeeping of ``incremental_train`` here,
 ``timm.create_model`` returning the preset's backbone, the backbone's ``out_dim``, CPU, LoRA factors kept in
 memory between tasks), and the loaders are sr2lora's (seeded shuffle, the preset's transforms) yielding
 (index, image, label) as the reference's data manager does. The new task's A keeps the reference's own random

@@ -1,6 +1,6 @@
 """Write tests/fixtures/reference/inflora.safetensors with the InfLoRA authors' own code.
 
-    python tools/reference/inflora.py --checkout /path/to/InfLoRA [--commit SHA]
+    python tools/reference/fixture_inflora.py --checkout /path/to/InfLoRA [--commit SHA]
 
 Reference: github.com/liangyanshuo/InfLoRA (``methods/inflora.py``'s ``InfLoRA._train`` and
 ``update_DualGPM``, ``models/sinet_inflora.py``, ``models/vit_inflora.py``). ``_train`` runs five tasks of two
@@ -131,7 +131,7 @@ def main() -> None:
             out[f"logits.{t}"] = learner._network.interface(eval_x)
     out.update(record)
     path = setup.write_fixture("inflora", out, metadata(
-        args, "inflora.py", tasks=TASKS, classes_per_task=PER_TASK, per_class=PER_CLASS, batch=BATCH,
+        args, "fixture_inflora.py", tasks=TASKS, classes_per_task=PER_TASK, per_class=PER_CLASS, batch=BATCH,
         epochs=EPOCHS, lr=LR, eps=list(EPS), rank=setup.RANK, targets=["k", "v"], eval_seed=99,
         data_seeds="20 + task", optimizer=OPTIM))
     print(f"wrote {path}")

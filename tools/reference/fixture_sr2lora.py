@@ -1,6 +1,6 @@
 """Write tests/fixtures/reference/sr2lora.safetensors with the SR²-LoRA authors' own code.
 
-    python tools/reference/sr2lora.py --checkout /path/to/SR-2-LoRA [--commit SHA]
+    python tools/reference/fixture_sr2lora.py --checkout /path/to/SR-2-LoRA [--commit SHA]
 
 Reference: github.com/FqWan24/SR-2-LoRA (``methods/dlora.py``'s ``DLoRA._train``/``train_function`` with its
 ``spectral_relation_loss``, ``_compute_mean`` and ``classifer_align``; ``models/sinet_dlora.py``,
@@ -174,7 +174,7 @@ def main() -> None:
     out.update({"unit.h_new": h_new.detach(), "unit.h_old": h_old, "unit.loss": unit.detach().reshape(1),
                 "unit.grad": h_new.grad})
     path = setup.write_fixture("sr2lora", out, metadata(
-        args, "sr2lora.py", tasks=TASKS, classes_per_task=PER_TASK, per_class=PER_CLASS, batch=BATCH,
+        args, "fixture_sr2lora.py", tasks=TASKS, classes_per_task=PER_TASK, per_class=PER_CLASS, batch=BATCH,
         epochs=EPOCHS, lr=LR, optimizer="sgd", rank=setup.RANK, targets=["k", "v"], eval_seed=99,
         data_seeds="30 + task", recorded_step=RECORDED_STEP, ca_seed=CA_SEED, ca_epochs=20, ca_lr=0.005,
         ca_samples_factor=5))

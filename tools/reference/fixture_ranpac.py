@@ -1,6 +1,6 @@
 """Write tests/fixtures/reference/ranpac.safetensors with the RanPAC authors' own code.
 
-    python tools/reference/ranpac.py --checkout /path/to/RanPAC [--commit SHA]
+    python tools/reference/fixture_ranpac.py --checkout /path/to/RanPAC [--commit SHA]
 
 Reference: github.com/RanPAC/RanPAC (``RanPAC.py``'s ``Learner.replace_fc`` and ``optimise_ridge_parameter``,
 ``setup_RP``'s Gaussian projection). Three tasks of three classes: the micro ViT's [CLS] features of fixed
@@ -71,7 +71,7 @@ def main() -> None:
             out[f"weight.{t}"] = net.fc.weight.detach().clone()
         out["lambda"] = torch.tensor(chosen, dtype=torch.float64)
     path = setup.write_fixture("ranpac", out, metadata(
-        args, "ranpac.py", tasks=TASKS, classes_per_task=PER_TASK, per_class=PER_CLASS, rp_dim=M,
+        args, "fixture_ranpac.py", tasks=TASKS, classes_per_task=PER_TASK, per_class=PER_CLASS, rp_dim=M,
         projection_seed=SEED, lambdas="10^-8..10^8", data_seeds="40 + task", val_split="last 20% of the task"))
     print(f"wrote {path}: chosen lambdas {chosen}")
 

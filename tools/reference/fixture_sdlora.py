@@ -1,6 +1,6 @@
 """Write tests/fixtures/reference/sdlora.safetensors with the SD-LoRA authors' own code.
 
-    python tools/reference/sdlora.py --checkout /path/to/SD-Lora-CL [--commit SHA]
+    python tools/reference/fixture_sdlora.py --checkout /path/to/SD-Lora-CL [--commit SHA]
 
 Reference: github.com/WuYichen-97/SD-Lora-CL (``models/sdlora.py``'s ``Learner``, ``backbone/lora.py``'s
 ``LoRA_ViT_timm``). Its ``Learner._train`` trains three tasks of two classes on fixed batches of the micro ViT
@@ -126,7 +126,7 @@ def main() -> None:
         out.update(record)
         out.update(init)
     path = setup.write_fixture("sdlora", out, metadata(
-        args, "sdlora.py", tasks=TASKS, classes_per_task=PER_TASK, per_class=PER_CLASS, batch=BATCH,
+        args, "fixture_sdlora.py", tasks=TASKS, classes_per_task=PER_TASK, per_class=PER_CLASS, batch=BATCH,
         epochs=EPOCHS, lr=LR, optimizer="sgd momentum 0.9, no weight decay, constant lr", rank=setup.RANK,
         targets=["q", "v"], eval_seed=99, data_seeds="10 + task"))
     print(f"wrote {path}")
