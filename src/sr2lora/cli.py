@@ -113,7 +113,13 @@ def cmd_presets(args: argparse.Namespace) -> int:
 def cmd_show_config(args: argparse.Namespace) -> int:
     import yaml
 
+    from .config import method_defaults_used
+
     cfg = load_config(args.preset, args.overrides)
+    used = method_defaults_used(args.preset, args.overrides)
+    if used:  # where a value comes from when neither the preset nor the command line set it
+        print(f"# method {cfg.method.name}'s training defaults: "
+              + ", ".join(f"{k}={v}" for k, v in used.items()))
     print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
     return 0
 

@@ -99,7 +99,7 @@ def test_resume_is_exact(smoke_runs, tmp_path, monkeypatch, method):
     monkeypatch.setattr(Trainer, "save", save)
     assert run_cli("run", "--resume", out, "--quiet") == 0
     resumed = read_results(out)
-    for key in ACC_KEYS:
+    for key in [*ACC_KEYS, "method_state"]:  # method_state: SD-LoRA's magnitudes, InfLoRA's subspace sizes
         assert resumed[key] == reference[key], key
 
 
@@ -226,12 +226,14 @@ def test_sdlora_past_directions_fixed_magnitudes_learned():
     assert all(lora.scales is None for lora in tr.model.loras)
 
 
-@pytest.mark.parametrize("handover", ["keep", "normalize"])
+@pytest.mark.parametrize("handover", ["keep", "normalize", "reference"])
 def test_sdlora_handover_and_the_models_output(handover):
     """At the start of task 1, task 0's trained update becomes a fixed direction with a magnitude. With
-    ``handover=keep`` (default) the model computes exactly what it computed at the end of task 0 (every layer's
-    [CLS] feature to 1e-5): only the parametrisation changes. ``normalize`` (the paper's Eq. 4 read literally) sets every
-    projection's update to norm |α_0|, which changes the function whenever a trained update's norm is not |α_0|."""
+    ``handover=keep`` the model computes exactly what it computed at the end of task 0 (every layer's [CLS]
+    feature to 1e-5): only the parametrisation changes. ``normalize`` (the paper's Eq. 4 read literally) sets every
+    projection's update to norm |α_0|, which changes the function whenever a trained update's norm is not |α_0|.
+    ``reference`` (default, the authors' code) makes every projection's B_0 A_0 equal 0.8·B_0A_0/(‖B_0‖‖A_0‖):
+    ‖B_0‖_F‖A_0‖_F = 0.8 with the trained direction, and the magnitudes restart at 0.8."""
     tr = trainer("sdlora", f"method.handover={handover}")
     model = tr.model
     model.add_task(tr.scenario.task_size(0))
@@ -246,7 +248,18 @@ def test_sdlora_handover_and_the_models_output(handover):
     with torch.no_grad():
         after = model(x, layers=True, logits=False).layers
     alpha0 = abs(float(tr.method.alpha[0]))
-    if handover == "keep":
+    if handover == "reference":
+        for lora in model.loras:
+            for k in range(2):
+                assert float(lora.B[0][k].norm()) * float(lora.A[0][k].norm()) == pytest.approx(0.8, rel=1e-5)
+        assert torch.allclose(tr.method.param.detach(), torch.full((2,), 0.8))  # past and new magnitudes
+        assert not torch.allclose(after, before, atol=1e-3)  # the trained norms were not 0.8: the function changed
+        dirs = _directions(model, 0)
+        model.clear_branch_scales()
+        tr.method._hand_over(model, 1)  # handing over again (next task) keeps the direction and the norm
+        for before_dir, after_dir in zip(dirs, _directions(model, 0)):
+            assert torch.allclose(before_dir, after_dir, atol=1e-6)
+    elif handover == "keep":
         torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-5)
     else:  # every projection's update is now |α_0| times a unit-norm direction ...
         for lora in model.loras:
@@ -296,3 +309,28 @@ def test_sdlora_kd_absorbs_a_representable_direction():
         assert float(lora.A[1][0].abs().max()) == 0 and float(lora.B[1][0].abs().max()) == 0
         assert float(lora.B[1][1].abs().max()) > 0
         assert torch.allclose(lora.task_delta(0) + lora.task_delta(1), total, atol=1e-5)  # function kept
+
+
+def test_sdlora_is_not_seqlora(smoke_run):
+    """The check that would have caught the inert SD-LoRA (docs/baselines.md), at the learning rates a real preset gives
+    (sdlora's SGD 1e-2; the old default's Adam 5e-4), on the smoke sequence: the learned magnitudes leave their
+    start by more than 0.015 (they did not with the old default: under 0.015, asserted too), and the predictions
+    differ from those of seqlora trained with the same optimiser, lr and targets."""
+    def moved(res: dict) -> float:
+        state = res["method_state"]
+        assert len(state["magnitudes"]) == res["num_tasks"] == len(state["magnitudes"][-1])
+        return max(abs(a - state["init_magnitude"]) for row in state["magnitudes"] for a in row)
+
+    recipe = ("train.optimizer=sgd", "train.lr=0.01", "train.schedule=constant", "model.lora_targets=[q, v]")
+    sd_out, sd = smoke_run("method.name=sdlora", "train.lr=0.01")
+    seq_out, _ = smoke_run("method.name=seqlora", *recipe)
+    _, old = smoke_run("method.name=sdlora", "method.handover=keep", "method.init_magnitude=1",
+                       "train.optimizer=adam", "train.lr=0.0005", "train.schedule=reference",
+                       "model.lora_targets=[k, v]")
+    assert moved(sd) > 0.015 > moved(old)
+    runs = [load_run(sd_out), load_run(seq_out)]
+    data = prepare_data(runs[0].config, single_task=False)
+    x = torch.stack([runs[0].transform(data.eval_images.load(i)) for i in range(len(data.eval_labels))])
+    with torch.no_grad():
+        preds = [run.model(x).argmax(-1) for run in runs]
+    assert float((preds[0] != preds[1]).float().mean()) > 0.05

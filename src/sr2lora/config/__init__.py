@@ -10,6 +10,7 @@ from .load import (
     dump_config,
     load_config,
     load_preset_dict,
+    method_defaults_used,
     parse_overrides,
     preset_dir,
     preset_names,
@@ -33,5 +34,5 @@ from .schema import (
 __all__ = [
     "RESUME_FREE_KEYS", "RUNTIME_KEYS", "AnalysisConfig", "CAConfig", "ClassifierConfig", "ConfigError",
     "DataConfig", "MethodConfig", "ModelConfig", "RunConfig", "ScenarioConfig", "TrainConfig", "build_config", "dump_config", "experiment_dict",
-    "flatten", "load_config", "load_preset_dict", "parse_overrides", "preset_dir", "preset_names", "validate",
+    "flatten", "load_config", "load_preset_dict", "method_defaults_used", "parse_overrides", "preset_dir", "preset_names", "validate",
 ]

@@ -8,6 +8,7 @@ before any work starts, with errors that name the key.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import math
@@ -224,11 +225,81 @@ def _build_section(cls: type, data: dict[str, Any], prefix: str) -> Any:
     return cls(**kwargs)
 
 
+# A preset's settings for one method only: ``per_method: {sdlora: {train: {lr: 0.008}}}`` applies to runs of
+# that method, above the preset's other keys and below the command line (e.g. a reference's per-dataset lr).
+PER_METHOD_KEY = "per_method"
+
+
+def _method_name(data: dict[str, Any]) -> str:
+    return _coerce((data.get("method") or {}).get("name", MethodConfig.name), str, "method.name")
+
+
+def apply_per_method(data: dict[str, Any], name: str) -> None:
+    """Pop ``data``'s :data:`PER_METHOD_KEY` section and merge its entry for method ``name`` into ``data``."""
+    from ..methods import method_names
+
+    sections = data.pop(PER_METHOD_KEY, None)
+    if sections is None:
+        return
+    if not isinstance(sections, dict):
+        raise ConfigError(f"{PER_METHOD_KEY}: expected a mapping of method name -> settings, got {sections!r}")
+    for method, section in sections.items():
+        if method not in method_names():
+            raise ConfigError(f"{PER_METHOD_KEY}.{method}: unknown method (choose among {', '.join(method_names())})")
+        if not isinstance(section, dict):
+            raise ConfigError(f"{PER_METHOD_KEY}.{method}: expected a mapping of settings, got {section!r}")
+        if "name" in (section.get("method") or {}):
+            raise ConfigError(f"{PER_METHOD_KEY}.{method}: may not set method.name")
+    _deep_update(data, copy.deepcopy(sections.get(name) or {}))
+
+
+def _has_key(data: dict[str, Any], dotted: str) -> bool:
+    node: Any = data
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
+def apply_training_defaults(data: dict[str, Any], method_cls: type) -> dict[str, Any]:
+    """Fill the keys of ``method_cls.training_defaults`` that ``data`` leaves unset; returns those filled.
+
+    A method's training defaults (e.g. SD-LoRA's SGD recipe) replace only the built-in defaults: a key that the
+    preset, its ``per_method`` section or the command line sets is kept. A saved ``config.yaml`` sets every key,
+    so reloading one (resume, run reuse) never changes it.
+    """
+    filled: dict[str, Any] = {}
+    for dotted, value in getattr(method_cls, "training_defaults", {}).items():
+        if _has_key(data, dotted):
+            continue
+        node = data
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            if node.get(part) is None:
+                node[part] = {}
+            node = node[part]
+        if not isinstance(node, dict):
+            continue  # a section that is not a mapping: build_config names the error
+        node[leaf] = copy.deepcopy(value)
+        filled[dotted] = value
+    return filled
+
+
 def build_config(data: dict[str, Any]) -> RunConfig:
-    """Build and validate a RunConfig from a nested dict (preset merged with overrides)."""
+    """Build and validate a RunConfig from a nested dict (preset merged with overrides).
+
+    A preset's ``per_method`` section is applied for the chosen method (when :func:`load_config` has not already
+    applied it below the command line), then the method's training defaults fill the keys still unset.
+    """
     from ..methods import get_method_class  # methods declare their own options
 
-    data = dict(data)
+    data = copy.deepcopy(data)
+    if not isinstance(data.get("method") or {}, dict):
+        raise ConfigError(f"method: expected a section (mapping), got {data['method']!r}")
+    name = _method_name(data)
+    apply_per_method(data, name)
+    apply_training_defaults(data, get_method_class(name))
     kwargs: dict[str, Any] = {}
     hints = get_type_hints(RunConfig)
     for k, v in data.items():
@@ -267,19 +338,41 @@ def build_config(data: dict[str, Any]) -> RunConfig:
 def load_config(preset: str | None, overrides: Sequence[str] | dict[str, Any] | None = None) -> RunConfig:
     """Preset (name or path; None = defaults) + overrides (``key=value`` strings, or a nested dict) → a validated
     RunConfig."""
+    cfg = build_config(resolved_dict(preset, overrides))
+    if preset and cfg.preset is None:
+        cfg.preset = Path(preset).stem
+    return cfg
+
+
+def resolved_dict(preset: str | None, overrides: Sequence[str] | dict[str, Any] | None = None) -> dict[str, Any]:
+    """The preset (with its ``per_method`` section for the chosen method) merged with the overrides, in that
+    order of precedence, before the method's training defaults fill what is left unset."""
     data = load_preset_dict(preset) if preset else {}
     if overrides is not None and not isinstance(overrides, dict):
         overrides = list(overrides)
-        parse_overrides(overrides)  # every item well-formed first
+        parsed = parse_overrides(overrides)  # every item well-formed first
+    else:
+        parsed = dict(overrides or {})
+    name = (parsed.get("method") or {}).get("name") if isinstance(parsed.get("method"), dict) else None
+    if name is None:
+        name = _method_name(data) if isinstance(data.get("method") or {}, dict) else MethodConfig.name
+    apply_per_method(data, _coerce(name, str, "method.name"))  # below the command line, above the preset
+    if isinstance(overrides, list):
         for item in overrides:  # in order; a dotted key into a mapping merges into it
             key = item.split("=", 1)[0].strip()
             _deep_update(data, parse_overrides([item]), merge_all="timm_kwargs" in key.split(".")[:-1])
     else:
         _deep_update(data, overrides or {})
-    cfg = build_config(data)
-    if preset and cfg.preset is None:
-        cfg.preset = Path(preset).stem
-    return cfg
+    return data
+
+
+def method_defaults_used(preset: str | None, overrides: Sequence[str] | dict[str, Any] | None = None
+                         ) -> dict[str, Any]:
+    """The method's training defaults that a config from ``preset`` and ``overrides`` takes (keys left unset)."""
+    from ..methods import get_method_class
+
+    data = resolved_dict(preset, overrides)
+    return apply_training_defaults(data, get_method_class(_method_name(data)))
 
 
 def dump_config(cfg: RunConfig, path: Path) -> None:

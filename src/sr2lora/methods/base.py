@@ -52,6 +52,10 @@ class Method:
     rewrites_past: ClassVar[bool] = False  # True: later tasks rescale past LoRA (only final model reloads)
     trains: ClassVar[bool] = True  # False: training-free (no epochs at all; the classifier does everything)
     default_classifier: ClassVar[str] = "ca"  # the classifier with classifier.kind=auto (sr2lora.classifiers)
+    # Training settings of the method's own (dotted config keys -> values), e.g. the optimiser and lr its
+    # reference trains with. They replace only the built-in defaults: a key the preset, its ``per_method``
+    # section or the command line sets wins (sr2lora.config.apply_training_defaults).
+    training_defaults: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, options: Any, weight: float = 1.0) -> None:
         self.options = options
@@ -81,6 +85,10 @@ class Method:
 
     def after_task(self, ctx: TaskContext) -> None:
         """Called after the task's training (LoRA folded), before statistics and classifier alignment."""
+
+    def report(self) -> dict[str, Any]:
+        """What the method records in results.json under ``method_state`` (JSON-ready); empty: nothing."""
+        return {}
 
     # ---- state carried across tasks (checkpointed) ------------------------------------------
     def state_tensors(self) -> dict[str, torch.Tensor]:

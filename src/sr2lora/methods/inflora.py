@@ -10,36 +10,45 @@ one — here A is the down-projection, as everywhere in sr2lora):
    images, all tokens, with the model as it is (branches < t; branch t is still zero), collected with
    ``model.capture_qkv_inputs`` under no_grad. We keep its second moment C_t = (1/N) Σ h hᵀ (d × d), as the
    authors' code does (``cur_matrix``); C_t's eigenvalues are the squared singular values of H_t / √N.
-2. Design of A_t: with M_t an orthonormal basis of the past tasks' input subspace and Q_t one of its
-   orthogonal complement, A_t's rows are the top-r left singular vectors of the projected representation Ĥ_t =
-   (I − M_t M_tᵀ) H_t, i.e. the top-r eigenvectors of P C_t P, P = I − M_t M_tᵀ = Q_t Q_tᵀ. We diagonalise
-   Q_tᵀ C_t Q_t and map the eigenvectors back with Q_t, so every row lies in span(Q_t) exactly (to float64
-   precision): A_t M_t = 0. Rows are scaled by ``a_scale`` (1/√3 in the authors' code). When fewer than r free
-   directions remain, the extra rows are zero. One A_t per layer is shared by every adapted target (k and v by
-   default): they read the same input h, and the authors' code copies the same matrix into ``lora_A_k`` and
-   ``lora_A_v``.
+2. Design of A_t: with M_t an orthonormal basis of the past tasks' input subspace, Q_t one of its orthogonal
+   complement and P = I − M_t M_tᵀ = Q_t Q_tᵀ, A_t's rows are (``criterion=reference``, the default: the
+   authors' code, ``methods/inflora.py`` at commit e08b00ed) the top-r left singular vectors of P·C_t, i.e. the
+   top eigenvectors of P C_t² P; or (``criterion=paper``, §4's "Ĥ_t = (I − M M ᵀ) H_t") the top-r left
+   singular vectors of the projected representation, i.e. the top eigenvectors of P C_t P. Both are computed
+   inside span(Q_t) (SVD of Q_tᵀC_t, resp. eigenvectors of Q_tᵀ C_t Q_t, mapped back with Q_t), so every
+   row lies in span(Q_t) to float64 precision: A_t M_t = 0. Rows are scaled by ``a_scale`` (1/√3 in the
+   authors' code). When fewer than r free directions remain, the extra rows are zero. One A_t per layer is
+   shared by every adapted target (k and v by default): they read the same input h, and the authors' code
+   copies the same matrix into ``lora_A_k`` and ``lora_A_v``.
 3. Subspace memory update after training task t (DualGPM, Liang & Li 2023, which InfLoRA uses for M_t): the
-   representation C_t of the *trained* model (branches ≤ t) on the task's data is split into the part already
-   in M_t and the rest; directions of Q_tᵀ C_t Q_t (largest eigenvalue first) are added to M_t until the
-   energy of C_t captured by M_{t+1} reaches ε_t: with λ_i the eigenvalues of C_t and λ̂_i those of
-   Q_tᵀ C_t Q_t, E = Σ λ_i^p, the smallest k with (E − Σ λ̂_i^p + Σ_{i≤k} λ̂_i^p) / E ≥ ε_t (GPM's energy
-   criterion). p = ``energy_power``: 1 is the paper's Σσ² of the representation matrix; 2 is what the
-   authors' code computes (it takes singular values of C_t itself and squares them, i.e. σ⁴).
+   representation C_t of the *trained* model (branches ≤ t) on the task's data; directions are added to M_t
+   (largest first) until the share ε_t of C_t's energy is captured.
+   ``criterion=reference`` (default) is the code's ``update_DualGPM`` (:func:`reference_grow_memory`): energies
+   are squared singular values of C_t itself (σ⁴ of the representation, total ‖C_t‖_F²), the part outside
+   the memory is measured on P·C_t, whose left singular vectors are added; after the first task it keeps
+   r = #{k: cumulative share < ε} directions (at least one), one fewer than "the smallest k reaching ε".
+   ``criterion=paper``: with λ_i the eigenvalues of C_t and λ̂_i those of Q_tᵀ C_t Q_t, E = Σ λ_i^p, the
+   smallest k with (E − Σ λ̂_i^p + Σ_{i≤k} λ̂_i^p) / E ≥ ε_t (GPM's energy criterion); p = ``energy_power``
+   (1: the paper's Σσ² of the representation matrix; 2: σ⁴, but still measured on P C P).
+   Measured on ``clipart-10t`` after its first task (docs/baselines.md): the paper's p = 1 keeps 106 / 163 / 128
+   of 384 directions in blocks 0 / 5 / 11, the code's criterion 1 / 4 / 2, a 40–100× smaller protected subspace.
    Threshold schedule (authors' code, ``update_DualGPM``): ε_t = ε_start + (ε_end − ε_start)·t/T for task t
-   (0-based) of T; defaults 0.95 → 1.0 (their CIFAR-100 and DomainNet configs; ImageNet-R uses 0.98 → 1.0).
-   DualGPM storage: a layer keeps M_t while dim M_t ≤ d/2, else its complement Q_t (``retain``); this is only
-   a cheaper representation of the same subspace.
+   (0-based) of T; defaults 0.95 → 1.0 (their CIFAR-100 and DomainNet configs; the ImageNet-R presets set
+   their 0.98 → 1.0 and 50 epochs in ``per_method``). DualGPM storage: a layer keeps M_t while
+   dim M_t ≤ d/2, else its complement Q_t (``retain``); this is only a cheaper representation of the same
+   subspace. ``results.json`` records the directions added per task and layer (``method_state``).
 
 State across tasks (checkpointed through ``state_tensors``): per layer, the stored basis (float64) and whether
 it is M or Q. Past A_s and B_s are ordinary LoRA factors in the model checkpoint.
 
-Known deviations from the authors' code (github.com/liangyanshuo/InfLoRA): the first-task energy criterion is
-the same "smallest k reaching ε" as later tasks (the code's first task takes one direction fewer); a layer
-whose memory exceeds d/2 after the *first* task is stored as its complement correctly (the code stores the
-kept directions there); no directions with zero energy are ever added; representation matrices use every image
-of the task by default (``samples`` caps it) with the run's train augmentation, as the code does with its
+Known deviations from the authors' code (github.com/liangyanshuo/InfLoRA, e08b00ed; checked by
+tests/test_reference_fixtures.py): float64 subspace algebra (the code: float32); a layer whose memory exceeds
+d/2 after the *first* task is stored as its complement (the code stores the kept directions there and then
+fails its own assertion); no directions with zero energy are ever added, and A_t gets zero rows rather than
+directions of zero singular value when fewer than r free directions remain; representation matrices use every
+image of the task by default (``samples`` caps it) with the run's train augmentation, as the code does with its
 train loader. The shared engine adds classifier alignment after every task for every method (the authors'
-``inflora.py`` has none).
+``inflora.py`` has none; its ``inflora_ca.py`` variant has).
 """
 
 from __future__ import annotations
@@ -53,14 +62,17 @@ import torch
 from ..core.errors import ConfigError
 from .base import Method, TaskContext, register_method
 
+CRITERIA = ("reference", "paper")
+
 
 @dataclass
 class InfLoRAOptions:
     eps_start: float = 0.95  # ε for the first task (code: lamb)
     eps_end: float = 1.0  # ε_t = eps_start + (eps_end − eps_start)·t/T (code: lame)
     samples: int = 0  # images of the task's train loader per representation matrix (0: all of them)
-    a_scale: float = 1 / math.sqrt(3)  # A_t = a_scale × eigenvectors (the authors' code divides by √3)
-    energy_power: int = 1  # 1: energy Σσ² of the representation matrix (paper); 2: Σσ⁴ (authors' code)
+    a_scale: float = 1 / math.sqrt(3)  # A_t = a_scale × unit rows (the authors' code divides by √3)
+    criterion: str = "reference"  # reference: the authors' code (SVD of P·C); paper: eigenvectors of P C P
+    energy_power: int = 1  # criterion=paper only: 1: Σσ² of the representation matrix (paper); 2: Σσ⁴
 
     def __post_init__(self) -> None:
         """Options validate themselves, so a config is checked without building the method."""
@@ -72,6 +84,8 @@ class InfLoRAOptions:
             raise ConfigError(f"method.samples: expected 0 (all images) or a positive count, got {o.samples}")
         if o.a_scale <= 0:
             raise ConfigError(f"method.a_scale: must be positive, got {o.a_scale}")
+        if o.criterion not in CRITERIA:
+            raise ConfigError(f"method.criterion: expected one of {', '.join(CRITERIA)}, got {o.criterion!r}")
         if o.energy_power not in (1, 2):
             raise ConfigError(
                 f"method.energy_power: expected 1 (paper) or 2 (authors' code), got {o.energy_power}"
@@ -127,6 +141,61 @@ def grow_memory(
         captured += float(energy[r])
         r += 1
     return free @ w[:, r:], r
+
+
+def reference_down_projection(cov: torch.Tensor, free: torch.Tensor, rank: int) -> torch.Tensor:
+    """A_t's rows (rank × d, unit norm) as the authors' code builds them: the top left singular vectors of
+    P·C (P the projector onto span(``free``), C = ``cov``), i.e. the top eigenvectors of P C² P. Computed as
+    ``free`` × the left singular vectors of ``free``ᵀ C, so every row lies in span(``free``) exactly; zero rows
+    when fewer than ``rank`` free directions exist (the code would take directions of zero singular value)."""
+    d, m = free.shape
+    out = cov.new_zeros(rank, d)
+    if m == 0:
+        return out
+    u, _, _ = torch.linalg.svd(free.T @ cov, full_matrices=False)
+    k = min(rank, m)
+    out[:k] = (free @ u[:, :k]).T
+    return out
+
+
+def reference_grow_memory(
+    cov: torch.Tensor, free: torch.Tensor, eps: float, first: bool, retain: bool
+) -> tuple[torch.Tensor, int]:
+    """(free basis after the task, directions added) by the authors' ``update_DualGPM``.
+
+    Energies are squared singular values relative to ‖C‖_F² = Σλ(C)² (the code takes singular values of the
+    second moment C itself, so σ⁴ of the representation), and the free part is measured on P·C (not P C P).
+    After the first task (``first``): r = #{k : Σ_{i≤k} λ_i² / Σλ² < ε}, at least 1 (one direction fewer than
+    "the smallest k reaching ε"). Later, with the free energy e = ‖P C‖_F² / ‖C‖_F²: while the stored basis is
+    the past subspace (``retain`` False) directions of P·C are added while 1 − e < ε; while it is the free
+    subspace (``retain`` True) while e ≥ 1 − ε (the code's two loops, which differ only at equality). Directions
+    of zero singular value are never added (the code's loops could run into them)."""
+    d, m = free.shape
+    lam = torch.linalg.eigvalsh((cov + cov.T) / 2).clamp_min(0).flip(0)
+    total = float((lam**2).sum())
+    if m == 0 or total <= 0:
+        return free, 0
+    u, sv, _ = torch.linalg.svd(free.T @ cov, full_matrices=False)
+    ratio = (sv**2 / total).tolist()
+    tiny = 1e-12 * float(lam.max())
+    usable = sum(1 for v in sv.tolist() if v > tiny)
+    if first:
+        cum = torch.cumsum(lam**2 / total, 0)
+        r = max(int((cum < eps).sum()), 1)
+    else:
+        e = sum(ratio)  # free energy ‖P C‖² / ‖C‖²
+        r = 0
+        if retain:
+            while r < usable and e >= 1 - eps:
+                e -= ratio[r]
+                r += 1
+        else:
+            captured = 1.0 - e
+            while r < usable and captured < eps:
+                captured += ratio[r]
+                r += 1
+    r = min(r, usable, m)
+    return free @ u[:, r:], r
 
 
 @torch.no_grad()
@@ -206,8 +275,9 @@ class InfLoRA(Method):
             self.bases = [torch.zeros(d, 0, dtype=torch.float64) for _ in model.loras]
             self.retain = [False] * len(model.loras)
         covs = representation_matrices(ctx, tasks=t, samples=self.options.samples)
+        design = reference_down_projection if self.options.criterion == "reference" else design_down_projection
         designed = [
-            design_down_projection(covs[layer], self.free_basis(layer), lora.rank) * self.options.a_scale
+            design(covs[layer], self.free_basis(layer), lora.rank) * self.options.a_scale
             for layer, lora in enumerate(model.loras)
         ]
         model.set_down_projection(t, designed, freeze=True)  # one A per layer, shared by every adapted target
@@ -221,11 +291,24 @@ class InfLoRA(Method):
         covs = representation_matrices(ctx, tasks=t + 1, samples=self.options.samples)
         eps = self.threshold(t, ctx.num_tasks)
         added = []
+        first = not self.added  # no task has grown the memory yet
         for layer in range(len(self.bases)):
-            free, r = grow_memory(covs[layer], self.free_basis(layer), eps, self.options.energy_power)
+            if self.options.criterion == "reference":
+                free, r = reference_grow_memory(covs[layer], self.free_basis(layer), eps, first,
+                                                self.retain[layer])
+            else:
+                free, r = grow_memory(covs[layer], self.free_basis(layer), eps, self.options.energy_power)
             self._store(layer, free)
             added.append(r)
         self.added.append(added)
+
+    def report(self) -> dict:
+        """Per task, the directions added to each layer's past subspace and its size afterwards."""
+        sizes, total = [], [0] * len(self.bases)
+        for row in self.added:
+            total = [a + b for a, b in zip(total, row)]
+            sizes.append(list(total))
+        return {"criterion": self.options.criterion, "added": self.added, "subspace_size": sizes}
 
     # ---- checkpointed state
     def state_tensors(self) -> dict[str, torch.Tensor]:
@@ -233,9 +316,12 @@ class InfLoRA(Method):
         for layer, (b, keep) in enumerate(zip(self.bases, self.retain)):
             out[f"basis.{layer}"] = b
             out[f"retain.{layer}"] = torch.tensor([int(keep)], dtype=torch.uint8)
+        if self.added:
+            out["added"] = torch.tensor(self.added, dtype=torch.int64)
         return out
 
     def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
         n = len([k for k in tensors if k.startswith("basis.")])
         self.bases = [tensors[f"basis.{i}"].to(torch.float64) for i in range(n)]
         self.retain = [bool(int(tensors[f"retain.{i}"][0])) for i in range(n)]
+        self.added = tensors["added"].tolist() if "added" in tensors else []

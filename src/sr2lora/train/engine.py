@@ -457,5 +457,6 @@ class Trainer:
                                 torch.get_num_threads(), self.eval_precision),
             "task_precision": self.task_precision,
             "task_compute": self.task_compute,
+            **({"method_state": state} if (state := self.method.report()) else {}),
             "versions": {"sr2lora": __version__, "torch": torch.__version__, "python": platform.python_version()},
         }
