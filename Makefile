@@ -49,7 +49,7 @@ test: setup assets
 	$(VENV)/bin/pytest --durations=15
 
 lint: setup
-	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff check src tests tools benchmarks
 
 demo: setup assets
 	$(VENV)/bin/sr2lora demo

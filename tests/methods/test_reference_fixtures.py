@@ -14,10 +14,10 @@ import torch
 
 import reference_setup as setup
 from sr2lora.config import load_config
-from sr2lora.train.step import training_step
 from sr2lora.methods import TaskContext, create_method
 from sr2lora.train.optim import build_optimizer
 from sr2lora.train.schedules import lr_at
+from sr2lora.train.step import training_step
 
 CPU = torch.device("cpu")
 

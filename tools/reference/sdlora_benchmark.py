@@ -63,13 +63,13 @@ def main() -> None:
     torch.set_num_threads(known.threads)
 
     from sr2lora.config import load_config
-    from sr2lora.data.scenario import TaskView
-    from sr2lora.data.run_data import prepare_data
-    from sr2lora.train.evaluation import task_indices
-    from sr2lora.data.loaders import seeded_loader
-    from sr2lora.train.metrics import AccuracyTracker, task_accuracies
-    from sr2lora.models.build import build_model, run_transforms
     from sr2lora.core.seeding import task_seed
+    from sr2lora.data.loaders import seeded_loader
+    from sr2lora.data.run_data import prepare_data
+    from sr2lora.data.scenario import TaskView
+    from sr2lora.models.build import build_model, run_transforms
+    from sr2lora.train.evaluation import task_indices
+    from sr2lora.train.metrics import AccuracyTracker, task_accuracies
 
     cfg = load_config(known.preset, ["method.name=sdlora", "train.precision=fp32", *extra])
     tc = cfg.train
