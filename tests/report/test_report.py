@@ -150,3 +150,23 @@ def test_sweep_runs_resumes_and_reports(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "finished already, skipped" in text and "resuming" in text
     assert read_results(dirs[1])["accuracy_matrix"] == res[1]["accuracy_matrix"]
+
+
+def test_two_reports_into_one_folder_at_once_both_finish(runs, tmp_path):
+    """Two sweeps over one folder end with a report each: neither removes the other's files in progress as
+    leftovers of a killed report (it did: a FileNotFoundError traceback), and the last report is complete."""
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "report"
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    for _ in range(2):
+        procs = [subprocess.Popen([sys.executable, "-m", "sr2lora", "report", str(runs), "--out", str(out)],
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+                 for _ in range(2)]
+        outputs = [p.communicate(timeout=300)[0] for p in procs]
+        assert [p.returncode for p in procs] == [0, 0], outputs
+        assert not any("Traceback" in o for o in outputs), outputs
+    assert json.loads((out / "report.json").read_text())["num_runs"] == 4
+    assert [p.name for p in out.iterdir() if ".tmp-" in p.name] == []

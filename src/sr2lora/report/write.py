@@ -10,11 +10,13 @@ their inputs, the theory checks (:mod:`.theory`). Every file is written atomical
 from __future__ import annotations
 
 import base64
+import contextlib
+import fcntl
 import html
 import shutil
 import tempfile
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,20 +45,39 @@ def build_report(paths: Iterable[str | Path], out_dir: str | Path,
     out_dir = Path(out_dir)
     runs = [read_run_result(p) for p in discover_runs(paths)]  # first: a mistyped run path creates nothing
     out_dir.mkdir(parents=True, exist_ok=True)
-    for stale in leftover_temps(out_dir):  # of a report killed while it was written
-        if stale.is_dir():
-            shutil.rmtree(stale, ignore_errors=True)
-        else:
-            stale.unlink(missing_ok=True)
-    # every file is written into a hidden folder first and moved in when all are written: a failure (a full disk)
-    # leaves the previous report as it was, never old and new files mixed
-    staging = Path(tempfile.mkdtemp(prefix=".report.tmp-", dir=out_dir))
-    try:
-        doc = _build(runs, staging, missing)
-        move_into(staging, out_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    with _writing(out_dir):
+        runs = [read_run_result(p) for p in discover_runs(paths)]  # again: a run may have finished meanwhile
+        found = {Path(r.path).resolve() for r in runs}
+        missing = [(f, c) for f, c in missing if Path(f).resolve() not in found]
+        for stale in leftover_temps(out_dir):  # of a report killed while it was written
+            if stale.is_dir():
+                shutil.rmtree(stale, ignore_errors=True)
+            else:
+                stale.unlink(missing_ok=True)
+        # every file is written into a hidden folder first and moved in when all are written: a failure (a full
+        # disk) leaves the previous report as it was, never old and new files mixed
+        staging = Path(tempfile.mkdtemp(prefix=".report.tmp-", dir=out_dir))
+        try:
+            doc = _build(runs, staging, missing)
+            move_into(staging, out_dir)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     return doc
+
+
+REPORT_LOCK = ".report.lock"
+
+
+@contextlib.contextmanager
+def _writing(out_dir: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``out_dir`` while a report is written there: two sweeps over one folder end
+    with one report each in turn, and neither removes the other's files in progress as stale."""
+    with open(out_dir / REPORT_LOCK, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def _build(runs: list, out_dir: Path, missing: Sequence[tuple[Path, RunConfig]]) -> dict[str, Any]:
