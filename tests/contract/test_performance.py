@@ -10,6 +10,7 @@ timing one).
 
 import json
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -182,6 +183,10 @@ def test_model_forward_fast_path_matches_timm_ops(fused):
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(os.environ.get("ATEN_CPU_CAPABILITY", "").lower() not in ("", "default")
+                    and torch.cpu._is_avx512_supported(),
+                    reason="ATEN_CPU_CAPABILITY forced below this AVX-512 CPU's (emulating an AVX2 one): torch.compile's "
+                           "generated code then disagrees with ATen and gives NaN (torch 2.14); a real AVX2 CPU runs this")
 def test_compiled_backbone_matches_eager():
     """train.compile=true: torch.compile of the blocks gives the eager values (inference and training forward)."""
     torch.manual_seed(0)
