@@ -36,7 +36,7 @@ def _default_out(cfg) -> Path:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .launch import RunningElsewhere, check_new_run, continue_state, launch, resume_config
+    from .launch import check_new_run, continue_state, launch, resume_config, running_elsewhere
     from .runs.lock import FolderInUse
 
     if args.resume:
@@ -77,7 +77,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         except FolderInUse as exc:  # taken between the check and the lock
             if not args.continue_:
                 raise
-            raise RunningElsewhere(f"{exc} (running elsewhere: this cell is left to it)") from exc
+            raise running_elsewhere(run_dir) from exc
     from .core.distributed import current
 
     if current().is_main:  # torchrun: one summary, from rank 0

@@ -664,7 +664,7 @@ def test_a_sweeps_run_folder_is_locked_while_the_sweep_writes_it(tmp_path, capsy
         err = fails(capsys, "run", "--resume", cell, "--quiet")
         assert f"{cell}: the run folder is in use by another sr2lora process (pid {proc.pid}" in err
         assert run_cli(*RUN, "--continue", "--out", cell, *FAST) == 75  # a sweep's cell: running elsewhere
-        assert "running elsewhere" in capsys.readouterr().err
+        assert f"{cell}: running elsewhere (pid {proc.pid}, started " in capsys.readouterr().err  # one line
         assert (cell / "config.yaml").read_bytes() == config and not (cell / CKPT_DIR).exists()
     finally:
         proc.send_signal(signal.SIGKILL)
