@@ -74,6 +74,14 @@ def train_task(model, method, ctx, cfg, data, offset, epochs, on_step=None):
 # ---------------------------------------------------------------- SD-LoRA
 
 
+def micro_setup(name: str, cfg, meta: dict):
+    """(our micro model, method ``name``, the fixture's evaluation images) for a config built on the fixture."""
+    model = setup.micro_model(cfg)
+    method = create_method(name, cfg.method.options, cfg.method.weight)
+    classes = list(range(meta["tasks"] * meta["classes_per_task"]))
+    return model, method, setup.batches(meta["eval_seed"], classes, 2, 64)[0][0]
+
+
 def lora_deltas(model) -> torch.Tensor:
     """(blocks, targets, d, d): Σ_s B_s A_s of every block and adapted target."""
     return torch.stack([torch.einsum("skdr,skri->kdi", torch.stack(list(lora.B)), torch.stack(list(lora.A)))
@@ -88,9 +96,7 @@ def sdlora_run():
     tasks, per_task = meta["tasks"], meta["classes_per_task"]
     cfg = load_config("smoke", setup.overrides("sdlora", f"train.lr={meta['lr']}"))
     assert (cfg.train.optimizer, cfg.train.schedule, cfg.model.lora_targets) == ("sgd", "constant", ["q", "v"])
-    model = setup.micro_model(cfg)
-    method = create_method("sdlora", cfg.method.options, cfg.method.weight)
-    eval_x, _ = setup.batches(meta["eval_seed"], list(range(tasks * per_task)), 2, 64)[0]
+    model, method, eval_x = micro_setup("sdlora", cfg, meta)
     out: dict[str, torch.Tensor] = {}
     for t in range(tasks):
         model.add_task(per_task)
@@ -157,9 +163,7 @@ def inflora_run():
         "inflora", f"train.lr={meta['lr']}", f"method.eps_start={eps0}", f"method.eps_end={eps1}",
         f"train.optimizer={meta['optimizer']}", "train.schedule=constant", f"train.epochs={meta['epochs']}"))
     assert cfg.method.options["criterion"] == "reference"  # the default
-    model = setup.micro_model(cfg)
-    method = create_method("inflora", cfg.method.options, cfg.method.weight)
-    eval_x, _ = setup.batches(meta["eval_seed"], list(range(tasks * per_task)), 2, 64)[0]
+    model, method, eval_x = micro_setup("inflora", cfg, meta)
     out: dict[str, torch.Tensor] = {}
     for t in range(tasks):
         model.add_task(per_task)
@@ -246,10 +250,8 @@ def sr2lora_run():
     cfg = load_config("smoke", setup.overrides(
         "sr2lora", f"train.lr={meta['lr']}", f"train.optimizer={meta['optimizer']}", "train.schedule=constant",
         f"train.epochs={meta['epochs']}"))
-    model = setup.micro_model(cfg)
-    method = create_method("sr2lora", cfg.method.options, cfg.method.weight)
+    model, method, eval_x = micro_setup("sr2lora", cfg, meta)
     gaussians = ClassGaussians(model.embed_dim)
-    eval_x, _ = setup.batches(meta["eval_seed"], list(range(tasks * per_task)), 2, 64)[0]
     out: dict[str, torch.Tensor] = {}
     last: dict[str, torch.Tensor] = {}
     regularizer = method.regularizer
