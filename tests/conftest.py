@@ -103,3 +103,23 @@ def fill(disk: Path, free_bytes: int) -> Path:
     with open(filler, "wb") as fh:
         fh.write(b"\0" * max(size, 0))
     return filler
+
+
+def stopped_run(out: Path, *overrides: str, after: int = 1, precision: str = "fp32") -> Path:
+    """A smoke-preset run (FAST, ``overrides``, ``precision``) stopped cleanly, as SIGTERM stops it, once task
+    ``after`` (0-based) is checkpointed: a resumable run folder."""
+    from sr2lora.config import load_config
+    from sr2lora.core.signals import Interrupted, request_stop
+    from sr2lora.launch import launch
+    from sr2lora.train.callbacks import Callback
+
+    class StopAfterTask(Callback):
+        def on_task(self, trainer, t: int) -> None:
+            if t == after:
+                request_stop(signal.SIGTERM)
+
+    with pytest.raises(Interrupted):
+        launch(load_config("smoke", [*FAST, *overrides, f"train.precision={precision}"]), out, progress=False,
+               callbacks=[StopAfterTask()])
+    assert not (out / "results.json").exists()
+    return out

@@ -9,7 +9,6 @@ exports with the reported accuracies.
 from __future__ import annotations
 
 import json
-import signal
 
 import numpy as np
 import pytest
@@ -18,16 +17,14 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from conftest import FAST, PRECISIONS, read_results, run_cli
+from conftest import FAST, PRECISIONS, read_results, run_cli, stopped_run
 from sr2lora import export_run, load_run
 from sr2lora.classifiers import create_classifier
 from sr2lora.classifiers.gaussians import ClassGaussians, align_classifier
 from sr2lora.classifiers.ridge import holdout_mask, ridge_solve, validation_errors
 from sr2lora.config import ConfigError, load_config
-from sr2lora.core.signals import Interrupted
 from sr2lora.data.run_data import prepare_data
 from sr2lora.models.heads import TaskHeads
-from sr2lora.train.engine import Trainer
 
 F64 = torch.float64
 SOLVE_RTOL = 1e-9  # float64 ridge solutions: incremental vs one-shot (measured ~1e-13)
@@ -248,7 +245,7 @@ def eval_batch(run):
 
 @pytest.mark.parametrize("precision", PRECISIONS)
 @pytest.mark.parametrize("case", list(CASES))
-def test_classifier_run_resume_predict_export(smoke_runs, tmp_path, monkeypatch, case, precision):
+def test_classifier_run_resume_predict_export(smoke_runs, tmp_path, case, precision):
     out, res = smoke_runs(case, precision)
     kind = "ncm" if case.endswith("ncm") else "ridge"
     assert res["classifier"]["kind"] == kind
@@ -256,18 +253,7 @@ def test_classifier_run_resume_predict_export(smoke_runs, tmp_path, monkeypatch,
         assert len(res["classifier"]["lambda_after_task"]) == res["num_tasks"]
 
     # resume: stopped after task 2's checkpoint, the classifier's statistics come back exactly
-    save = Trainer.save
-
-    def save_then_stop(self, t):
-        save(self, t)
-        if t == 1:
-            raise Interrupted(signal.SIGTERM)
-
-    resumed = tmp_path / "resumed"
-    monkeypatch.setattr(Trainer, "save", save_then_stop)
-    assert run_cli("run", "--preset", "smoke", "--out", resumed, "--quiet", *SMOKE, *CASES[case],
-                   f"train.precision={precision}") != 0
-    monkeypatch.setattr(Trainer, "save", save)
+    resumed = stopped_run(tmp_path / "resumed", *CASES[case], precision=precision)
     assert run_cli("run", "--resume", resumed, "--quiet") == 0
     again = read_results(resumed)
     for key in ACC_KEYS:

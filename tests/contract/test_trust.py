@@ -18,10 +18,8 @@ import pytest
 import yaml
 from PIL import Image
 
-from conftest import FAST, fill, read_results, run_cli, small_tmpfs
-from sr2lora.core.signals import Interrupted, request_stop
+from conftest import FAST, fill, read_results, run_cli, small_tmpfs, stopped_run
 from sr2lora.runs.folder import RunFolder
-from sr2lora.train.callbacks import Callback
 
 CKPT_DIR = RunFolder.CHECKPOINT
 LOCK_NAME = RunFolder.LOCK
@@ -455,29 +453,6 @@ def test_a_sweep_leaves_a_cell_in_use_to_its_owner(tmp_path, capsys):
 # ------------------------------------------------------------------------------------- faults a user meets
 ACC_KEYS = ["accuracy_matrix", "acc_curve", "final_acc", "avg_acc", "forgetting", "bwt", "plasticity",
             "class_order", "task_test_counts"]
-
-
-class StopAfterTask(Callback):
-    """Asks for a stop once task ``task`` is checkpointed, as SIGTERM does: the run ends Interrupted there."""
-
-    def __init__(self, task: int) -> None:
-        self.task = task
-
-    def on_task(self, trainer, t: int) -> None:
-        if t == self.task:
-            request_stop(signal.SIGTERM)
-
-
-def stopped_run(out: Path, *overrides: str, after: int = 1) -> Path:
-    """A smoke-preset run (FAST, fp32, ``overrides``) stopped cleanly after task ``after`` (0-based): resumable."""
-    from sr2lora.config import load_config
-    from sr2lora.launch import launch
-
-    with pytest.raises(Interrupted):
-        launch(load_config("smoke", [*FAST, *overrides, "train.precision=fp32"]), out, progress=False,
-               callbacks=[StopAfterTask(after)])
-    assert not (out / "results.json").exists()
-    return out
 
 
 @pytest.fixture(scope="module")

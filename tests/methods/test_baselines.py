@@ -7,18 +7,16 @@ while their magnitudes move; `joint` sees every class in one task.
 
 from __future__ import annotations
 
-import signal
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import FAST, PRECISIONS, read_results, run_cli
+from conftest import FAST, PRECISIONS, read_results, run_cli, stopped_run
 from sr2lora import load_run
 from sr2lora.config import load_config
 from sr2lora.core.errors import CheckpointError
-from sr2lora.core.signals import Interrupted
 from sr2lora.data.run_data import prepare_data
 from sr2lora.methods.base import TaskContext
 from sr2lora.methods.inflora import design_down_projection, grow_memory
@@ -82,21 +80,11 @@ def test_classifier_alignment_after_the_first_task(method, aligned):
 
 
 @pytest.mark.parametrize("method", ["inflora", "sdlora"])
-def test_resume_is_exact(smoke_runs, tmp_path, monkeypatch, method):
+def test_resume_is_exact(smoke_runs, tmp_path, method):
     """Stopped after task 2's checkpoint, resumed: the method state (InfLoRA's subspaces, SD-LoRA's
     magnitudes) comes back from method.safetensors and the results equal the uninterrupted run's."""
     _, reference = smoke_runs(method)
-    save = Trainer.save
-
-    def save_then_stop(self, t):
-        save(self, t)
-        if t == 1:
-            raise Interrupted(signal.SIGTERM)
-
-    out = tmp_path / "run"
-    monkeypatch.setattr(Trainer, "save", save_then_stop)
-    assert run_cli("run", "--preset", "smoke", "--out", out, "--quiet", *SMOKE, f"method.name={method}") != 0
-    monkeypatch.setattr(Trainer, "save", save)
+    out = stopped_run(tmp_path / "run", f"method.name={method}")
     assert run_cli("run", "--resume", out, "--quiet") == 0
     resumed = read_results(out)
     for key in [*ACC_KEYS, "method_state"]:  # method_state: SD-LoRA's magnitudes, InfLoRA's subspace sizes
