@@ -123,3 +123,26 @@ def stopped_run(out: Path, *overrides: str, after: int = 1, precision: str = "fp
                callbacks=[StopAfterTask()])
     assert not (out / "results.json").exists()
     return out
+
+
+def image_folder(root: Path, per_class: dict[str, int], corrupt: dict[str, int] | None = None) -> Path:
+    """root/<class>/*.png (the `folder` dataset's layout): 32 px plain-colour images with noise and, per class in
+    ``corrupt``, that many files named like PNGs that are not images."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for k, (name, n) in enumerate(sorted(per_class.items())):
+        (root / name).mkdir(parents=True)
+        colour = np.array([60 * k % 256, 255 - 60 * k % 256, 90 * k % 256])
+        for i in range(n):
+            pixels = np.clip(colour + rng.normal(0, 20, (32, 32, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(root / name / f"img{i:02d}.png")
+        for i in range((corrupt or {}).get(name, 0)):
+            (root / name / f"broken{i:02d}.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"not really an image" * 3)
+    return root
+
+
+def folder_args(root: Path) -> tuple[str, ...]:
+    """Overrides that run the smoke preset (FAST) on the image folder ``root``, two classes per task."""
+    return ("data.dataset=folder", f"data.root={root}", "scenario.init_cls=2", "scenario.increment=2", *FAST)

@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import FAST, read_results, run_cli
+from conftest import FAST, folder_args, image_folder, read_results, run_cli
 from sr2lora.runs.folder import RunFolder
 
 CKPT_DIR = RunFolder.CHECKPOINT
@@ -111,24 +111,6 @@ def test_output_folder_not_writable(tmp_path, capsys):
 
 
 # ------------------------------------------------------------------------------------------------ data
-def image_folder(root: Path, per_class: dict[str, int], corrupt: dict[str, int] | None = None) -> Path:
-    """root/<class>/*.png: plain colour images (32 px) and, per class, some files that are not images."""
-    rng = np.random.default_rng(0)
-    for k, (name, n) in enumerate(sorted(per_class.items())):
-        (root / name).mkdir(parents=True)
-        colour = np.array([60 * k % 256, 255 - 60 * k % 256, 90 * k % 256])
-        for i in range(n):
-            pixels = np.clip(colour + rng.normal(0, 20, (32, 32, 3)), 0, 255).astype(np.uint8)
-            Image.fromarray(pixels).save(root / name / f"img{i:02d}.png")
-        for i in range((corrupt or {}).get(name, 0)):
-            (root / name / f"broken{i:02d}.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"not really an image" * 3)
-    return root
-
-
-def folder_args(root: Path) -> tuple[str, ...]:
-    return ("data.dataset=folder", f"data.root={root}", "scenario.init_cls=2", "scenario.increment=2", *FAST)
-
-
 FOUR = {"a": 6, "b": 6, "c": 6, "d": 6}
 
 

@@ -18,7 +18,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from conftest import FAST, fill, read_results, run_cli, small_tmpfs, stopped_run
+from conftest import FAST, fill, folder_args, image_folder, read_results, run_cli, small_tmpfs, stopped_run
 from sr2lora.runs.folder import RunFolder
 
 CKPT_DIR = RunFolder.CHECKPOINT
@@ -44,22 +44,6 @@ def strict_json(path: Path):
         raise AssertionError(f"{path}: holds {token}, not valid JSON")
 
     return json.loads(path.read_text(encoding="utf-8"), parse_constant=refuse)
-
-
-def image_folder(root: Path, per_class: dict[str, int]) -> Path:
-    """root/<class>/*.png, 32 px plain-colour images with noise."""
-    rng = np.random.default_rng(0)
-    for k, (name, n) in enumerate(sorted(per_class.items())):
-        (root / name).mkdir(parents=True)
-        colour = np.array([60 * k % 256, 255 - 60 * k % 256, 90 * k % 256])
-        for i in range(n):
-            pixels = np.clip(colour + rng.normal(0, 20, (32, 32, 3)), 0, 255).astype(np.uint8)
-            Image.fromarray(pixels).save(root / name / f"img{i:02d}.png")
-    return root
-
-
-def folder_args(root: Path) -> tuple[str, ...]:
-    return ("data.dataset=folder", f"data.root={root}", "scenario.init_cls=2", "scenario.increment=2", *FAST)
 
 
 def cli_process(*args: str, env: dict | None = None) -> subprocess.Popen:
