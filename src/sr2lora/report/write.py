@@ -46,7 +46,8 @@ def build_report(paths: Iterable[str | Path], out_dir: str | Path,
     runs = [read_run_result(p) for p in discover_runs(paths)]  # first: a mistyped run path creates nothing
     out_dir.mkdir(parents=True, exist_ok=True)
     with _writing(out_dir):
-        runs = [read_run_result(p) for p in discover_runs(paths)]  # again: a run may have finished meanwhile
+        read = {r.path: r for r in runs}  # look again: a run may have finished meanwhile (read only those)
+        runs = [read.get(p) or read_run_result(p) for p in discover_runs(paths)]
         found = {Path(r.path).resolve() for r in runs}
         missing = [(f, c) for f, c in missing if Path(f).resolve() not in found]
         for stale in leftover_temps(out_dir):  # of a report killed while it was written
