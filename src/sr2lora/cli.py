@@ -77,7 +77,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         except FolderInUse as exc:  # taken between the check and the lock
             if not args.continue_:
                 raise
-            raise running_elsewhere(run_dir) from exc
+            raise running_elsewhere(run_dir, exc) from exc
     from .core.distributed import current
 
     if current().is_main:  # torchrun: one summary, from rank 0

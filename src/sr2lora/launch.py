@@ -8,7 +8,6 @@ folder's ``metrics.csv`` and TensorBoard, the drift tracker with ``analysis.enab
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ from .config import RUNTIME_KEYS, RunConfig, load_config
 from .core.errors import CheckpointError, OutputError
 from .core.signals import Interrupted, stop_on_signals
 from .runs.folder import RunFolder, check_out_outside_data, check_out_path
-from .runs.lock import FolderInUse, check_not_in_use, owner_of, run_folder_lock
+from .runs.lock import FolderInUse, check_not_in_use, run_folder_lock
 from .runs.reuse import ExperimentMismatch, folder_state
 from .train.callbacks import Callback, CSVLog, TensorBoardLog
 
@@ -140,14 +139,10 @@ class RunningElsewhere(OutputError):
     exit_code = RUNNING_ELSEWHERE
 
 
-def running_elsewhere(out: str | Path) -> RunningElsewhere:
-    """The one-line error of a ``--continue`` whose folder another live process holds: who holds it, and that it
-    is left to that process (a sweep's cell run by another sweep or job)."""
-    owner = owner_of(out) or {}
-    host = owner.get("host")
-    who = f"pid {owner.get('pid', '?')}" + (f" on {host}" if host not in (None, socket.gethostname()) else "")
-    since = f", started {owner['started']}" if owner.get("started") else ""
-    return RunningElsewhere(f"{out}: running elsewhere ({who}{since}); left to it")
+def running_elsewhere(out: str | Path, exc: FolderInUse) -> RunningElsewhere:
+    """The one-line error of a ``--continue`` whose folder another live process holds (``exc``): who holds it,
+    and that it is left to that process (a sweep's cell run by another sweep or job)."""
+    return RunningElsewhere(f"{out}: running elsewhere ({exc.holder}); left to it")
 
 
 def continue_state(cfg: RunConfig, out: str | Path) -> bool | None:
@@ -158,7 +153,7 @@ def continue_state(cfg: RunConfig, out: str | Path) -> bool | None:
     try:
         check_not_in_use(out)
     except FolderInUse as exc:
-        raise running_elsewhere(out) from exc
+        raise running_elsewhere(out, exc) from exc
     state = folder_state(out, cfg, hint="remove it or choose another --out")
     if state == "done":
         return None

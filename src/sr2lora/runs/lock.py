@@ -67,7 +67,13 @@ def _create(path: Path) -> bool:
 
 
 class FolderInUse(OutputError):
-    """Another live process (or one on another host) holds the run folder's lock."""
+    """Another live process (or one on another host) holds the run folder's lock; ``holder`` says which."""
+
+    def __init__(self, message: str, owner: dict) -> None:
+        super().__init__(message)
+        host = owner.get("host")
+        self.holder = (f"pid {owner.get('pid', '?')}" + (f" on {host}" if host != socket.gethostname() else "")
+                       + (f", started {owner['started']}" if owner.get("started") else ""))
 
 
 def owner_of(run_dir: str | Path) -> dict | None:
@@ -88,13 +94,13 @@ def _refuse_live_owner(run_dir: Path, path: Path, owner: dict) -> None:
     if host != socket.gethostname():
         raise FolderInUse(
             f"{run_dir}: the run folder is in use by pid {pid} on host {host} (lock {path}); wait for it, or "
-            f"if that run is gone remove {path}"
+            f"if that run is gone remove {path}", owner
         )
     if pid_alive(pid) and pid != os.getpid():
         raise FolderInUse(
             f"{run_dir}: the run folder is in use by another sr2lora process (pid {pid}, started "
             f"{owner.get('started', '?')}); two runs into one folder would overwrite each other's results. "
-            f"Wait for it to end or choose another --out (if pid {pid} is no sr2lora run, remove {path})"
+            f"Wait for it to end or choose another --out (if pid {pid} is no sr2lora run, remove {path})", owner
         )
 
 
