@@ -132,3 +132,20 @@ def files_in_memory(*modules: Any) -> Iterator[dict[str, Any]]:
     finally:
         for m, t in zip(modules, saved):
             m.torch = t
+
+
+def use_micro_encoder(ref_sinet: Any, micro: torch.nn.Module) -> None:
+    """Shim for the SiNet-based references (SR²-LoRA's ``sinet_dlora``, InfLoRA's ``sinet_inflora``): their
+    ``ViT_lora_co`` encoder is built at the micro ViT's size and loaded with its weights instead of a ViT-B."""
+    dim, depth = micro.num_features, len(micro.blocks)
+
+    def micro_encoder(variant, pretrained=False, **kwargs):  # noqa: ANN001
+        enc = ref_sinet.ViT_lora_co(img_size=setup.IMAGE_SIZE, patch_size=setup.TIMM_KWARGS["patch_size"],
+                                    embed_dim=dim, depth=depth, num_heads=setup.TIMM_KWARGS["num_heads"],
+                                    num_classes=0, n_tasks=kwargs["n_tasks"], rank=kwargs["rank"])
+        missing, unexpected = enc.load_state_dict(micro.state_dict(), strict=False)
+        # its LoRA factors and the unused "_grow" tokens are the only weights the micro ViT lacks
+        assert not unexpected and all("lora_" in k or k.endswith("_grow") for k in missing), (missing, unexpected)
+        return enc
+
+    ref_sinet._create_vision_transformer = micro_encoder

@@ -24,7 +24,7 @@ from __future__ import annotations
 import types
 
 import torch
-from common import ensure_micro_vit, metadata, parse_args, setup, stub_modules
+from common import ensure_micro_vit, metadata, parse_args, setup, stub_modules, use_micro_encoder
 
 # thresholds near 1: the micro ViT's token second moment has one dominant direction (99.4% of Σλ²), and the
 # fixture should exercise the memory update over several directions
@@ -42,18 +42,8 @@ def main() -> None:
     import methods.inflora as ref_inflora
     import models.sinet_inflora as ref_sinet
 
-    dim, depth = micro.num_features, len(micro.blocks)
-
-    def micro_encoder(variant, pretrained=False, **kwargs):  # noqa: ANN001
-        enc = ref_sinet.ViT_lora_co(img_size=setup.IMAGE_SIZE, patch_size=setup.TIMM_KWARGS["patch_size"],
-                                    embed_dim=dim, depth=depth, num_heads=setup.TIMM_KWARGS["num_heads"],
-                                    num_classes=0, n_tasks=kwargs["n_tasks"], rank=kwargs["rank"])
-        missing, unexpected = enc.load_state_dict(micro.state_dict(), strict=False)
-        # its LoRA factors and the unused "_grow" tokens are the only weights the micro ViT lacks
-        assert not unexpected and all("lora_" in k or k.endswith("_grow") for k in missing), (missing, unexpected)
-        return enc
-
-    ref_sinet._create_vision_transformer = micro_encoder
+    dim = micro.num_features
+    use_micro_encoder(ref_sinet, micro)
     record: dict[str, torch.Tensor] = {}
 
     def remember_first_step() -> None:

@@ -27,7 +27,7 @@ from __future__ import annotations
 import types
 
 import torch
-from common import ensure_micro_vit, metadata, parse_args, setup, stub_modules
+from common import ensure_micro_vit, metadata, parse_args, setup, stub_modules, use_micro_encoder
 
 TASKS, PER_TASK, PER_CLASS, BATCH, EPOCHS, LR, CA_SEED = 2, 2, 12, 8, 1, 0.05, 3
 RECORDED_STEP = 1  # task 1's second step
@@ -66,16 +66,7 @@ def main() -> None:
     import models.sinet_dlora as ref_sinet
 
     dim, depth = micro.num_features, len(micro.blocks)
-
-    def micro_encoder(variant, pretrained=False, **kwargs):  # noqa: ANN001
-        enc = ref_sinet.ViT_lora_co(img_size=setup.IMAGE_SIZE, patch_size=setup.TIMM_KWARGS["patch_size"],
-                                    embed_dim=dim, depth=depth, num_heads=setup.TIMM_KWARGS["num_heads"],
-                                    num_classes=0, n_tasks=kwargs["n_tasks"], rank=kwargs["rank"])
-        missing, unexpected = enc.load_state_dict(micro.state_dict(), strict=False)
-        assert not unexpected and all("lora_" in k or k.endswith("_grow") for k in missing), (missing, unexpected)
-        return enc
-
-    ref_sinet._create_vision_transformer = micro_encoder
+    use_micro_encoder(ref_sinet, micro)
     record: dict[str, torch.Tensor] = {}
     steps = [0]
 
